@@ -1,0 +1,94 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, on its own port.
+//!
+//! Kept off the client port so a load balancer or the internet never reaches it, and so scrapes
+//! keep working while the client listener is saturated or draining.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus::Encoder;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::handshake::{ProxyBody, text_response};
+use crate::metrics::Metrics;
+
+/// State the admin endpoints report.
+pub struct AdminState {
+    /// Metrics to expose.
+    pub metrics: Arc<Metrics>,
+    /// True while the proxy accepts connections; `/readyz` answers 503 once it is false.
+    pub ready: AtomicBool,
+}
+
+impl AdminState {
+    /// A ready state over `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        AdminState { metrics, ready: AtomicBool::new(true) }
+    }
+
+    /// Switches readiness (and the `wsbeat_ready` gauge).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.metrics.ready.set(if ready { 1.0 } else { 0.0 });
+    }
+}
+
+/// Serves admin requests until `cancel` fires.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(route(&state, &req)) }
+            });
+            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(error = %e, "admin connection failed");
+            }
+        });
+    }
+}
+
+fn route(state: &AdminState, req: &Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() != Method::GET {
+        return text_response(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+    }
+    match req.uri().path() {
+        "/healthz" => text_response(StatusCode::OK, "ok\n".into()),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => text_response(StatusCode::OK, "ready\n".into()),
+        "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
+        "/metrics" => metrics(state),
+        _ => text_response(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+fn metrics(state: &AdminState) -> Response<ProxyBody> {
+    let encoder = prometheus::TextEncoder::new();
+    let mut body = Vec::new();
+    if let Err(e) = encoder.encode(&state.metrics.registry().gather(), &mut body) {
+        return text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}\n"));
+    }
+    let mut resp = text_response(StatusCode::OK, String::from_utf8_lossy(&body).into_owned());
+    if let Ok(v) = encoder.format_type().parse() {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
+}

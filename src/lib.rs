@@ -1,0 +1,67 @@
+//! wsbeat: a transparent WebSocket reverse proxy that pings and times out each side on its own.
+//!
+//! # Layout
+//!
+//! A connection flows `accept → http upgrade → upstream connect → relay → close → outcome`:
+//!
+//! - [`config`]: clap `Cli` → validated [`config::Config`]; every error reported at once.
+//! - [`server`]: accept loop, per-connection spawn, shutdown wiring; `run(listener, …, shutdown)`.
+//! - [`handshake`]: validates the client's upgrade, dials the upstream, forwards the handshake,
+//!   and reverse-proxies plain HTTP requests.
+//! - [`relay`]: the one place that owns a session's two legs: relays frames, answers pings,
+//!   drives both heartbeats, handles closes and reports the outcome.
+//! - [`frame`]: RFC 6455 frame headers and masking, done in place on the relay's buffers.
+//! - [`heartbeat`]: pure per-side ping/timeout state machine (no I/O, time passed in).
+//! - [`metrics`]: owned Prometheus registry and per-connection metric handles.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/connections` on a separate listener.
+//! - [`shutdown`]: SIGTERM/SIGINT future.
+//! - [`demo`]: a tiny legacy-style echo upstream that never answers pings (`--demo`, tests).
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod frame;
+pub mod handshake;
+pub mod heartbeat;
+pub mod metrics;
+pub mod net;
+pub mod relay;
+pub mod server;
+pub mod shutdown;
+
+/// The two legs of a session: whoever connected to us, and the legacy backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The peer that connected to wsbeat.
+    Client,
+    /// The backend wsbeat connected to.
+    Upstream,
+}
+
+impl Side {
+    /// Both sides, in label order.
+    pub const ALL: [Side; 2] = [Side::Client, Side::Upstream];
+
+    /// Metric label and log field value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        }
+    }
+
+    /// The other leg.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        }
+    }
+
+    /// Index for per-side arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}

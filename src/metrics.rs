@@ -1,0 +1,613 @@
+//! Prometheus metrics in an owned registry, with every label handle resolved once at start-up.
+//!
+//! Owns: the [`Metrics`] struct (one per proxy instance; tests build their own), the fixed label
+//! sets, and the per-session [`Tally`] that the relay fills without atomics and flushes once per
+//! wake-up. Every label combination is created at start-up, so a scrape shows zeros instead of
+//! gaps, and the per-frame path never looks a label up or takes a lock. No label ever carries a
+//! path, an address or any other client-chosen value.
+
+use std::time::Duration;
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+use crate::Side;
+use crate::frame;
+
+/// Seconds buckets for ping round trips: 100 µs (same host) to 30 s (a peer about to die).
+const RTT_BUCKETS_SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+/// Seconds buckets for handshakes: a local upstream answers in well under a millisecond, a
+/// remote one in tens of ms; the top bucket sits near the default connect timeout.
+const HANDSHAKE_BUCKETS_SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Seconds buckets for session lifetimes: from a failed session to a day-long one.
+const CONNECTION_BUCKETS_SECONDS: &[f64] = &[
+    0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0,
+];
+
+/// Opcodes counted by `frames_total`, in index order (see [`opcode_index`]).
+pub const OPCODES: [u8; 7] = [
+    frame::OP_CONTINUATION,
+    frame::OP_TEXT,
+    frame::OP_BINARY,
+    frame::OP_CLOSE,
+    frame::OP_PING,
+    frame::OP_PONG,
+    0xF, // every reserved opcode shares the "reserved" label
+];
+
+/// Index of `opcode` in [`OPCODES`].
+pub fn opcode_index(opcode: u8) -> usize {
+    match opcode {
+        0..=2 => opcode as usize,
+        frame::OP_CLOSE => 3,
+        frame::OP_PING => 4,
+        frame::OP_PONG => 5,
+        _ => 6,
+    }
+}
+
+/// Label of the direction in which frames read from `from` travel.
+pub fn direction_label(from: Side) -> &'static str {
+    match from {
+        Side::Client => "client_to_upstream",
+        Side::Upstream => "upstream_to_client",
+    }
+}
+
+/// How a connection attempt ended, for `connections_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionResult {
+    /// Both legs upgraded; a session ran.
+    Upgraded,
+    /// The upstream answered the upgrade with something other than 101.
+    RejectedByUpstream,
+    /// The upstream could not be reached (refused, reset, DNS, bad handshake).
+    UpstreamUnreachable,
+    /// Connecting or handshaking with the upstream took longer than `--connect-timeout`.
+    UpstreamTimeout,
+    /// The client's upgrade request was malformed.
+    BadRequest,
+}
+
+impl ConnectionResult {
+    /// Every value, in label order.
+    pub const ALL: [ConnectionResult; 5] = [
+        ConnectionResult::Upgraded,
+        ConnectionResult::RejectedByUpstream,
+        ConnectionResult::UpstreamUnreachable,
+        ConnectionResult::UpstreamTimeout,
+        ConnectionResult::BadRequest,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionResult::Upgraded => "upgraded",
+            ConnectionResult::RejectedByUpstream => "rejected_by_upstream",
+            ConnectionResult::UpstreamUnreachable => "upstream_unreachable",
+            ConnectionResult::UpstreamTimeout => "upstream_timeout",
+            ConnectionResult::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// Who started the end of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Initiator {
+    /// The client sent a close frame or dropped its connection.
+    Client,
+    /// The upstream sent a close frame or dropped its connection.
+    Upstream,
+    /// wsbeat ended it: a peer timed out, broke the protocol, or the proxy shut down.
+    Proxy,
+}
+
+impl Initiator {
+    /// Every value, in label order.
+    pub const ALL: [Initiator; 3] = [Initiator::Client, Initiator::Upstream, Initiator::Proxy];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Initiator::Client => "client",
+            Initiator::Upstream => "upstream",
+            Initiator::Proxy => "proxy",
+        }
+    }
+}
+
+impl From<Side> for Initiator {
+    fn from(side: Side) -> Self {
+        match side {
+            Side::Client => Initiator::Client,
+            Side::Upstream => Initiator::Upstream,
+        }
+    }
+}
+
+/// Why a session ended, in a small fixed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Close code 1000.
+    Normal,
+    /// Close code 1001.
+    GoingAway,
+    /// Close code 1002, or wsbeat saw a protocol violation.
+    ProtocolError,
+    /// Close code 1009, or a frame exceeded `--max-frame-size`.
+    TooBig,
+    /// A peer stayed silent past its pong timeout.
+    Timeout,
+    /// A TCP connection ended without a close frame (reset, EOF, write error).
+    IoError,
+    /// The proxy is shutting down.
+    Shutdown,
+    /// Any other close code (application codes 4000-4999 included).
+    Other,
+}
+
+impl CloseReason {
+    /// Every value, in label order.
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::Normal,
+        CloseReason::GoingAway,
+        CloseReason::ProtocolError,
+        CloseReason::TooBig,
+        CloseReason::Timeout,
+        CloseReason::IoError,
+        CloseReason::Shutdown,
+        CloseReason::Other,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::GoingAway => "going_away",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::TooBig => "too_big",
+            CloseReason::Timeout => "timeout",
+            CloseReason::IoError => "io_error",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Other => "other",
+        }
+    }
+
+    /// The reason a peer's close code stands for (`None`: a close frame without a code).
+    pub fn from_code(code: Option<u16>) -> CloseReason {
+        match code {
+            None | Some(frame::close_code::NORMAL) => CloseReason::Normal,
+            Some(frame::close_code::GOING_AWAY) => CloseReason::GoingAway,
+            Some(frame::close_code::PROTOCOL_ERROR) => CloseReason::ProtocolError,
+            Some(frame::close_code::TOO_BIG) => CloseReason::TooBig,
+            Some(_) => CloseReason::Other,
+        }
+    }
+}
+
+/// Why connecting to the upstream failed, for `upstream_connect_errors_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Name resolution failed or returned nothing.
+    Dns,
+    /// TCP connection refused.
+    Refused,
+    /// Connect or handshake timed out.
+    Timeout,
+    /// The upstream answered, but not with a usable WebSocket handshake.
+    Handshake,
+    /// Any other I/O error.
+    Io,
+}
+
+impl ConnectError {
+    /// Every value, in label order.
+    pub const ALL: [ConnectError; 5] = [
+        ConnectError::Dns,
+        ConnectError::Refused,
+        ConnectError::Timeout,
+        ConnectError::Handshake,
+        ConnectError::Io,
+    ];
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectError::Dns => "dns",
+            ConnectError::Refused => "refused",
+            ConnectError::Timeout => "timeout",
+            ConnectError::Handshake => "handshake",
+            ConnectError::Io => "io",
+        }
+    }
+}
+
+/// Status classes of plain HTTP responses, `http_requests_total{status_class}`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Every metric of one proxy instance, registered into its own registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Sessions currently relaying.
+    pub connections_active: IntGauge,
+    connections: Vec<IntCounter>,
+    /// Pings wsbeat sent, per side.
+    pub pings_sent: [IntCounter; 2],
+    /// Pongs answering wsbeat's latest ping, per side.
+    pub pongs_received: [IntCounter; 2],
+    /// Round trip of wsbeat's pings, per side.
+    pub ping_rtt: [Histogram; 2],
+    /// Sides declared dead after their pong timeout.
+    pub peer_timeouts: [IntCounter; 2],
+    closes: Vec<IntCounter>,
+    /// Frames relayed or handled, `[direction][opcode_index]`.
+    frames: [[IntCounter; OPCODES.len()]; 2],
+    bytes: [IntCounter; 2],
+    messages: [IntCounter; 2],
+    /// Client request received → 101 sent.
+    pub handshake_duration: Histogram,
+    /// Lifetime of upgraded sessions.
+    pub connection_duration: Histogram,
+    connect_errors: Vec<IntCounter>,
+    http_requests: [IntCounter; 5],
+    /// 1 while the proxy accepts connections, 0 once it drains (mirrors `/readyz`).
+    pub ready: Gauge,
+}
+
+impl Metrics {
+    /// Creates every family and label combination in a fresh registry.
+    ///
+    /// # Errors
+    /// A registration error, which only a programming mistake (a duplicate name) can cause.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("wsbeat".into()), None)?;
+        let r = &registry;
+        let side = |name: &str, help: &str| -> Result<[IntCounter; 2], prometheus::Error> {
+            let vec = counter_vec(r, name, help, &["side"])?;
+            Ok(Side::ALL.map(|s| vec.with_label_values(&[s.as_str()])))
+        };
+        let direction = |name: &str, help: &str| -> Result<[IntCounter; 2], prometheus::Error> {
+            let vec = counter_vec(r, name, help, &["direction"])?;
+            Ok(Side::ALL.map(|s| vec.with_label_values(&[direction_label(s)])))
+        };
+        let connections_active = IntGauge::new(
+            "connections_active",
+            "WebSocket sessions currently being relayed.",
+        )?;
+        r.register(Box::new(connections_active.clone()))?;
+        let connections = counter_vec(
+            r,
+            "connections_total",
+            "Upgrade requests by result.",
+            &["result"],
+        )?;
+        let connections = ConnectionResult::ALL
+            .iter()
+            .map(|c| connections.with_label_values(&[c.as_str()]))
+            .collect();
+        let pings_sent = side("pings_sent_total", "Pings sent by wsbeat, per side.")?;
+        let pongs_received = side(
+            "pongs_received_total",
+            "Pongs answering wsbeat's latest ping, per side.",
+        )?;
+        let rtt = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "ping_rtt_seconds",
+                "Round-trip time of wsbeat's pings, per side.",
+            )
+            .buckets(RTT_BUCKETS_SECONDS.to_vec()),
+            &["side"],
+        )?;
+        r.register(Box::new(rtt.clone()))?;
+        let ping_rtt = Side::ALL.map(|s| rtt.with_label_values(&[s.as_str()]));
+        let peer_timeouts = side(
+            "peer_timeouts_total",
+            "Sides declared dead because they stayed silent past their pong timeout.",
+        )?;
+        let closes = counter_vec(
+            r,
+            "closes_total",
+            "Ended sessions by who started the end and why.",
+            &["initiator", "reason"],
+        )?;
+        let closes = Initiator::ALL
+            .iter()
+            .flat_map(|i| CloseReason::ALL.iter().map(move |c| (i, c)))
+            .map(|(i, c)| closes.with_label_values(&[i.as_str(), c.as_str()]))
+            .collect();
+        let frames_vec = counter_vec(
+            r,
+            "frames_total",
+            "Frames received, by direction and opcode (pings and pongs are answered, not relayed).",
+            &["direction", "opcode"],
+        )?;
+        let frames = Side::ALL.map(|s| {
+            OPCODES.map(|op| {
+                frames_vec.with_label_values(&[direction_label(s), frame::opcode_label(op)])
+            })
+        });
+        let bytes = direction(
+            "bytes_total",
+            "Frame bytes (headers and payload) relayed, by direction.",
+        )?;
+        let messages = direction(
+            "messages_total",
+            "Complete data messages relayed (final fragments), by direction.",
+        )?;
+        let handshake_duration = histogram(
+            r,
+            "handshake_duration_seconds",
+            "From the client's upgrade request to the 101 sent back.",
+            HANDSHAKE_BUCKETS_SECONDS,
+        )?;
+        let connection_duration = histogram(
+            r,
+            "connection_duration_seconds",
+            "Lifetime of upgraded sessions.",
+            CONNECTION_BUCKETS_SECONDS,
+        )?;
+        let errors = counter_vec(
+            r,
+            "upstream_connect_errors_total",
+            "Failed attempts to connect to the upstream, by reason.",
+            &["reason"],
+        )?;
+        let connect_errors = ConnectError::ALL
+            .iter()
+            .map(|e| errors.with_label_values(&[e.as_str()]))
+            .collect();
+        let http = counter_vec(
+            r,
+            "http_requests_total",
+            "Plain HTTP requests passed through, by response status class.",
+            &["status_class"],
+        )?;
+        let http_requests = STATUS_CLASSES.map(|c| http.with_label_values(&[c]));
+        let build = prometheus::GaugeVec::new(
+            Opts::new("build_info", "Always 1; the label carries the wsbeat version."),
+            &["version"],
+        )?;
+        r.register(Box::new(build.clone()))?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+        let ready = Gauge::new("ready", "1 while accepting connections, 0 while draining.")?;
+        r.register(Box::new(ready.clone()))?;
+        ready.set(1.0);
+        register_process_collector(r)?;
+        Ok(Metrics {
+            registry,
+            connections_active,
+            connections,
+            pings_sent,
+            pongs_received,
+            ping_rtt,
+            peer_timeouts,
+            closes,
+            frames,
+            bytes,
+            messages,
+            handshake_duration,
+            connection_duration,
+            connect_errors,
+            http_requests,
+            ready,
+        })
+    }
+
+    /// The registry to scrape.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Counts one upgrade attempt by result.
+    pub fn connection(&self, result: ConnectionResult) {
+        self.connections[result as usize].inc();
+    }
+
+    /// Counts one ended session.
+    pub fn close(&self, initiator: Initiator, reason: CloseReason) {
+        self.closes[initiator as usize * CloseReason::ALL.len() + reason as usize].inc();
+    }
+
+    /// Counts one failed upstream connect.
+    pub fn connect_error(&self, error: ConnectError) {
+        self.connect_errors[error as usize].inc();
+    }
+
+    /// Counts one plain HTTP response by status.
+    pub fn http_request(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.http_requests[class].inc();
+    }
+
+    /// Adds a session's unflushed counts and clears them.
+    pub fn flush(&self, tally: &mut Tally) {
+        for d in 0..2 {
+            for (op, n) in tally.frames[d].iter_mut().enumerate() {
+                if *n != 0 {
+                    self.frames[d][op].inc_by(std::mem::take(n));
+                }
+            }
+            if tally.bytes[d] != 0 {
+                self.bytes[d].inc_by(std::mem::take(&mut tally.bytes[d]));
+            }
+            if tally.messages[d] != 0 {
+                self.messages[d].inc_by(std::mem::take(&mut tally.messages[d]));
+            }
+        }
+        tally.dirty = false;
+    }
+
+    /// Records a ping round trip.
+    pub fn observe_rtt(&self, side: Side, rtt: Duration) {
+        self.pongs_received[side.index()].inc();
+        self.ping_rtt[side.index()].observe(rtt.as_secs_f64());
+    }
+}
+
+/// Per-session counts kept without atomics between flushes. Index 0 is client → upstream.
+#[derive(Debug, Default)]
+pub struct Tally {
+    frames: [[u64; OPCODES.len()]; 2],
+    bytes: [u64; 2],
+    messages: [u64; 2],
+    dirty: bool,
+}
+
+impl Tally {
+    /// One frame of `frame_len` bytes read from `from`.
+    pub fn frame(&mut self, from: Side, opcode: u8, fin: bool, frame_len: u64) {
+        let d = from.index();
+        self.frames[d][opcode_index(opcode)] += 1;
+        self.bytes[d] += frame_len;
+        if fin && opcode & 0x8 == 0 {
+            self.messages[d] += 1;
+        }
+        self.dirty = true;
+    }
+
+    /// True when there is something to flush.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+}
+
+/// Counts a session as active for its lifetime; records its duration and how it ended.
+///
+/// Created once both legs are upgraded. If the session's task is dropped before
+/// [`SessionGuard::finish`] (the runtime shuts down), `Drop` still decrements the gauge and
+/// counts the close as a proxy shutdown, so aborted tasks never leak an active session.
+pub struct SessionGuard {
+    metrics: std::sync::Arc<Metrics>,
+    started: tokio::time::Instant,
+    recorded: bool,
+}
+
+impl SessionGuard {
+    /// Marks one session active.
+    pub fn new(metrics: &std::sync::Arc<Metrics>) -> Self {
+        metrics.connections_active.inc();
+        SessionGuard {
+            metrics: std::sync::Arc::clone(metrics),
+            started: tokio::time::Instant::now(),
+            recorded: false,
+        }
+    }
+
+    /// Time since the session started.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Records how the session ended.
+    pub fn finish(mut self, outcome: &crate::relay::Outcome) {
+        self.metrics.close(outcome.initiator, outcome.reason);
+        self.recorded = true;
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.metrics.connections_active.dec();
+        self.metrics
+            .connection_duration
+            .observe(self.started.elapsed().as_secs_f64());
+        if !self.recorded {
+            self.metrics.close(Initiator::Proxy, CloseReason::Shutdown);
+        }
+    }
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> Result<Histogram, prometheus::Error> {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+    r.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+/// Registers CPU, memory and file descriptor metrics of this process (`process_*`, unprefixed
+/// in the exposition as Prometheus expects them).
+fn register_process_collector(r: &Registry) -> Result<(), prometheus::Error> {
+    let pc = prometheus::process_collector::ProcessCollector::for_self();
+    r.register(Box::new(pc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Encoder;
+
+    fn scrape(m: &Metrics) -> String {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&m.registry().gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn every_label_combination_exists_at_start() {
+        let m = Metrics::new().unwrap();
+        let text = scrape(&m);
+        for line in [
+            r#"wsbeat_peer_timeouts_total{side="upstream"} 0"#,
+            r#"wsbeat_closes_total{initiator="proxy",reason="shutdown"} 0"#,
+            r#"wsbeat_frames_total{direction="upstream_to_client",opcode="reserved"} 0"#,
+            r#"wsbeat_connections_total{result="bad_request"} 0"#,
+            r#"wsbeat_upstream_connect_errors_total{reason="dns"} 0"#,
+            r#"wsbeat_http_requests_total{status_class="5xx"} 0"#,
+            "wsbeat_connections_active 0",
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
+    }
+
+    #[test]
+    fn tally_flushes_into_the_right_labels() {
+        let m = Metrics::new().unwrap();
+        let mut t = Tally::default();
+        t.frame(Side::Client, frame::OP_TEXT, false, 10);
+        t.frame(Side::Client, frame::OP_CONTINUATION, true, 20);
+        t.frame(Side::Upstream, frame::OP_PING, true, 6);
+        m.flush(&mut t);
+        m.flush(&mut t);
+        let text = scrape(&m);
+        assert!(text.contains(r#"wsbeat_bytes_total{direction="client_to_upstream"} 30"#));
+        assert!(text.contains(r#"wsbeat_messages_total{direction="client_to_upstream"} 1"#));
+        assert!(text.contains(r#"wsbeat_messages_total{direction="upstream_to_client"} 0"#));
+        assert!(text.contains(
+            r#"wsbeat_frames_total{direction="upstream_to_client",opcode="ping"} 1"#
+        ));
+    }
+
+    #[test]
+    fn close_labels_are_indexed_correctly() {
+        let m = Metrics::new().unwrap();
+        m.close(Initiator::Upstream, CloseReason::IoError);
+        let text = scrape(&m);
+        assert!(text.contains(r#"wsbeat_closes_total{initiator="upstream",reason="io_error"} 1"#));
+        assert!(text.contains(r#"wsbeat_closes_total{initiator="client",reason="io_error"} 0"#));
+    }
+}

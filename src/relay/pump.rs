@@ -1,0 +1,530 @@
+//! One direction of a session: frames read from one leg, rewritten in place, written to the other.
+//!
+//! The buffer holds three regions: `[wpos, ppos)` is processed output waiting to be written to the
+//! destination, `[ppos, end)` is input not yet parsed, and `[end, len)` is free. Data and close
+//! frames stay where they were read: a masked header keeps its length when its key is replaced,
+//! and the payload is unmasked and re-masked by one XOR with `old ^ new`. Pings and pongs are cut
+//! out of the stream (the output region slides over them), so they are never forwarded.
+//! A frame larger than the buffer streams through in pieces: memory stays at one buffer.
+
+use bytes::Bytes;
+
+use super::pool;
+use crate::Side;
+use crate::frame::{self, Header, MAX_CONTROL_PAYLOAD};
+
+/// What the pump does with the frames it parses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Relay data and close frames to the destination.
+    Forward,
+    /// Finish relaying the frame in progress, then discard.
+    Draining,
+    /// Parse frames (to see pings, pongs and the close reply) but relay nothing.
+    Discard,
+}
+
+/// A protocol violation by the source leg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// Broke RFC 6455 (masking, control frame rules, length encoding).
+    Protocol(&'static str),
+    /// A frame exceeded `--max-frame-size`.
+    TooBig,
+}
+
+/// A control frame that the session must act on.
+#[derive(Debug)]
+pub enum Control {
+    /// A ping with its (unmasked) payload.
+    Ping(ControlPayload),
+    /// A pong with its payload.
+    Pong(ControlPayload),
+    /// A close frame: `forwarded` says whether it went on to the destination.
+    Close { code: Option<u16>, forwarded: bool },
+}
+
+/// An unmasked control frame payload (at most 125 bytes), kept on the stack.
+#[derive(Debug)]
+pub struct ControlPayload {
+    bytes: [u8; MAX_CONTROL_PAYLOAD],
+    len: usize,
+}
+
+impl ControlPayload {
+    /// The payload bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// Result of parsing as far as the buffered input allows.
+pub enum Parsed {
+    /// Nothing more can be parsed until more input arrives.
+    NeedInput,
+    /// A ping, pong or close frame was handled; call again to continue.
+    Control(Control),
+    /// A data frame header was parsed; `(opcode, fin, frame_len)` for the metrics.
+    Data(u8, bool, u64),
+}
+
+/// State of one direction.
+pub struct Pump {
+    /// The leg frames are read from.
+    pub from: Side,
+    buf: Option<Box<[u8]>>,
+    /// Bytes the HTTP layer read past the handshake, consumed before the socket.
+    prefix: Bytes,
+    wpos: usize,
+    ppos: usize,
+    end: usize,
+    /// Current mode.
+    pub mode: Mode,
+    /// Payload bytes of the current input frame not yet processed.
+    in_left: u64,
+    /// Whether the current frame's bytes are relayed (else cut).
+    in_forward: bool,
+    /// XOR key turning the source's masking into ours (all zero when nothing changes).
+    in_mask: [u8; 4],
+    in_off: usize,
+    /// Bytes left until the next frame boundary in the output stream (0: at a boundary).
+    out_left: u64,
+    /// A close frame was relayed; once written, the destination has been sent a close.
+    pub close_forwarded: bool,
+    /// The source died mid-frame: the destination's stream can never reach a boundary again.
+    pub truncated: bool,
+    /// The buffer is full of output the destination has not taken (backpressure).
+    pub stalled: bool,
+}
+
+impl Pump {
+    /// A pump reading from `from`, starting with the bytes the handshake read ahead.
+    pub fn new(from: Side, prefix: Bytes) -> Self {
+        Pump {
+            from,
+            buf: None,
+            prefix,
+            wpos: 0,
+            ppos: 0,
+            end: 0,
+            mode: Mode::Forward,
+            in_left: 0,
+            in_forward: false,
+            in_mask: [0; 4],
+            in_off: 0,
+            out_left: 0,
+            close_forwarded: false,
+            truncated: false,
+            stalled: false,
+        }
+    }
+
+    /// Processed bytes waiting for the destination.
+    pub fn output(&self) -> &[u8] {
+        match &self.buf {
+            Some(b) => &b[self.wpos..self.ppos],
+            None => &[],
+        }
+    }
+
+    /// How many output bytes may be written before a control frame can be slotted in.
+    pub fn out_until_boundary(&self) -> u64 {
+        self.out_left
+    }
+
+    /// True when everything relayed so far is written and the output sits at a frame boundary.
+    pub fn is_drained(&self) -> bool {
+        self.wpos == self.ppos && self.out_left == 0
+    }
+
+    /// Stops relaying at the next input frame boundary.
+    pub fn drain(&mut self) {
+        if self.mode == Mode::Forward {
+            self.mode = if self.in_left == 0 { Mode::Discard } else { Mode::Draining };
+        }
+    }
+
+    /// The destination is gone: drop pending output and relay nothing more.
+    pub fn drop_output(&mut self) {
+        self.wpos = self.ppos;
+        self.out_left = 0;
+        self.in_forward = false;
+        self.mode = Mode::Discard;
+        self.release_if_empty();
+    }
+
+    /// The source is gone: nothing more will arrive. Marks the stream truncated if a frame was
+    /// cut off in the middle of being relayed.
+    pub fn source_gone(&mut self) {
+        if self.in_left > 0 && self.in_forward {
+            self.truncated = true;
+        }
+        self.in_left = 0;
+        self.in_forward = false;
+        self.mode = Mode::Discard;
+        self.prefix = Bytes::new();
+        // Unparsed input (a partial header) can never complete.
+        self.end = self.ppos;
+        self.release_if_empty();
+    }
+
+    /// Free space to read into, taking a pooled buffer if needed; `None` when the buffer is full
+    /// of output the destination has not taken yet.
+    pub fn read_space(&mut self) -> Option<&mut [u8]> {
+        let buf = self.buf.get_or_insert_with(pool::take);
+        if self.end == buf.len() {
+            if self.wpos == 0 {
+                self.stalled = true;
+                return None;
+            }
+            buf.copy_within(self.wpos..self.end, 0);
+            self.ppos -= self.wpos;
+            self.end -= self.wpos;
+            self.wpos = 0;
+        }
+        self.stalled = false;
+        Some(&mut buf[self.end..])
+    }
+
+    /// Moves read-ahead bytes from the handshake into the buffer; true if there were any.
+    pub fn fill_from_prefix(&mut self) -> bool {
+        if self.prefix.is_empty() {
+            return false;
+        }
+        let mut prefix = std::mem::take(&mut self.prefix);
+        let Some(space) = self.read_space() else {
+            self.prefix = prefix;
+            return false;
+        };
+        let n = space.len().min(prefix.len());
+        space[..n].copy_from_slice(&prefix.split_to(n));
+        self.prefix = prefix;
+        self.end += n;
+        true
+    }
+
+    /// Records `n` bytes read into the space returned by [`Pump::read_space`].
+    pub fn filled(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    /// Gives the buffer back to the pool when it holds nothing.
+    pub fn release_if_empty(&mut self) {
+        if self.wpos == self.end {
+            self.wpos = 0;
+            self.ppos = 0;
+            self.end = 0;
+            if let Some(buf) = self.buf.take() {
+                pool::give(buf);
+            }
+        }
+    }
+
+    /// Records that `n` output bytes were written, keeping track of frame boundaries.
+    pub fn consumed(&mut self, mut n: usize) {
+        let Some(buf) = &self.buf else { return };
+        while n > 0 {
+            if self.out_left == 0 {
+                // A header always lies whole inside the processed region.
+                match frame::parse_header(&buf[self.wpos..self.ppos]) {
+                    Ok(Some(h)) => self.out_left = h.frame_len(),
+                    _ => unreachable!("output region starts with a complete header"),
+                }
+            }
+            let take = (n as u64).min(self.out_left) as usize;
+            self.out_left -= take as u64;
+            self.wpos += take;
+            n -= take;
+        }
+        self.release_if_empty();
+    }
+
+    /// Parses and rewrites input until a frame needs the session's attention or input runs out.
+    ///
+    /// `masked_input`: frames from the source must be masked (client) or must not be (upstream).
+    /// Relayed frames are re-masked with a fresh key when masked.
+    ///
+    /// # Errors
+    /// A [`Violation`] by the source; the offending frame is left unconsumed.
+    pub fn parse(&mut self, masked_input: bool, max_frame: u64) -> Result<Parsed, Violation> {
+        loop {
+            if self.in_left > 0 {
+                if !self.advance_payload() {
+                    return Ok(Parsed::NeedInput);
+                }
+                continue;
+            }
+            if self.mode == Mode::Draining {
+                self.mode = Mode::Discard;
+            }
+            let Some(buf) = &self.buf else {
+                return Ok(Parsed::NeedInput);
+            };
+            let h = match frame::parse_header(&buf[self.ppos..self.end]) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(Parsed::NeedInput),
+                Err(_) => return Err(Violation::Protocol("invalid frame length")),
+            };
+            if h.mask.is_some() != masked_input {
+                return Err(Violation::Protocol(if masked_input {
+                    "unmasked frame from client"
+                } else {
+                    "masked frame from upstream"
+                }));
+            }
+            if h.is_control() {
+                if h.payload_len > MAX_CONTROL_PAYLOAD as u64 || !h.fin {
+                    return Err(Violation::Protocol("oversized or fragmented control frame"));
+                }
+                if matches!(h.opcode, frame::OP_PING | frame::OP_PONG | frame::OP_CLOSE) {
+                    return match self.control(&h)? {
+                        Some(c) => Ok(Parsed::Control(c)),
+                        None => Ok(Parsed::NeedInput),
+                    };
+                }
+            } else if h.payload_len > max_frame {
+                return Err(Violation::TooBig);
+            }
+            self.start_frame(&h, self.mode == Mode::Forward);
+            return Ok(Parsed::Data(h.opcode, h.fin, h.frame_len()));
+        }
+    }
+
+    /// Processes as much of the current payload as is buffered; false when none is.
+    fn advance_payload(&mut self) -> bool {
+        let avail = self.end - self.ppos;
+        if avail == 0 {
+            return false;
+        }
+        let n = (avail as u64).min(self.in_left) as usize;
+        if self.in_forward {
+            if self.in_mask != [0; 4] {
+                if let Some(buf) = &mut self.buf {
+                    frame::apply_mask(&mut buf[self.ppos..self.ppos + n], self.in_mask, self.in_off);
+                }
+                self.in_off += n;
+            }
+            self.ppos += n;
+        } else {
+            self.cut(n);
+        }
+        self.in_left -= n as u64;
+        if self.in_left == 0 && self.mode == Mode::Draining {
+            self.mode = Mode::Discard;
+        }
+        true
+    }
+
+    /// Starts relaying (or cutting) the frame whose header is at `ppos`.
+    fn start_frame(&mut self, h: &Header, forward: bool) {
+        self.in_left = h.payload_len;
+        self.in_forward = forward;
+        if !forward {
+            self.cut(h.header_len);
+            return;
+        }
+        self.in_mask = [0; 4];
+        self.in_off = 0;
+        if let (Some(old), Some(off), Some(buf)) = (h.mask, h.mask_offset(), &mut self.buf) {
+            let new = frame::random_mask();
+            buf[self.ppos + off..self.ppos + off + 4].copy_from_slice(&new);
+            self.in_mask = frame::xor_keys(old, new);
+        }
+        self.ppos += h.header_len;
+    }
+
+    /// Handles a complete ping, pong or close frame; `None` until it is all buffered.
+    fn control(&mut self, h: &Header) -> Result<Option<Control>, Violation> {
+        let len = h.frame_len() as usize;
+        let Some(buf) = &self.buf else { return Ok(None) };
+        if self.end - self.ppos < len {
+            return Ok(None);
+        }
+        let mut payload = ControlPayload {
+            bytes: [0; MAX_CONTROL_PAYLOAD],
+            len: h.payload_len as usize,
+        };
+        let start = self.ppos + h.header_len;
+        payload.bytes[..payload.len].copy_from_slice(&buf[start..self.ppos + len]);
+        if let Some(key) = h.mask {
+            frame::apply_mask(&mut payload.bytes[..payload.len], key, 0);
+        }
+        let control = match h.opcode {
+            frame::OP_PING => Control::Ping(payload),
+            frame::OP_PONG => Control::Pong(payload),
+            _ => {
+                if payload.len == 1 {
+                    return Err(Violation::Protocol("close frame with a one-byte payload"));
+                }
+                let forwarded = self.mode == Mode::Forward;
+                if forwarded {
+                    self.start_frame(h, true);
+                    self.advance_payload();
+                    self.close_forwarded = true;
+                    self.mode = Mode::Discard;
+                }
+                Control::Close {
+                    code: frame::close_code_of(payload.as_slice()),
+                    forwarded,
+                }
+            }
+        };
+        if !matches!(control, Control::Close { forwarded: true, .. }) {
+            self.cut(len);
+        }
+        Ok(Some(control))
+    }
+
+    /// Removes `n` input bytes at `ppos` by sliding the pending output over them.
+    fn cut(&mut self, n: usize) {
+        if let Some(buf) = &mut self.buf
+            && self.wpos < self.ppos
+        {
+            buf.copy_within(self.wpos..self.ppos, self.wpos + n);
+        }
+        self.wpos += n;
+        self.ppos += n;
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            pool::give(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, encode_close, encode_frame};
+
+    fn feed(p: &mut Pump, bytes: &[u8]) {
+        let space = p.read_space().expect("space");
+        space[..bytes.len()].copy_from_slice(bytes);
+        p.filled(bytes.len());
+    }
+
+    fn drain_output(p: &mut Pump) -> Vec<u8> {
+        let out = p.output().to_vec();
+        p.consumed(out.len());
+        out
+    }
+
+    fn parse_all(p: &mut Pump, masked: bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match p.parse(masked, 1 << 20).expect("valid") {
+                Parsed::NeedInput => return seen,
+                Parsed::Data(op, fin, len) => seen.push(format!("data {op} {fin} {len}")),
+                Parsed::Control(Control::Ping(pl)) => seen.push(format!("ping {:?}", pl.as_slice())),
+                Parsed::Control(Control::Pong(pl)) => seen.push(format!("pong {:?}", pl.as_slice())),
+                Parsed::Control(Control::Close { code, forwarded }) => {
+                    seen.push(format!("close {code:?} {forwarded}"))
+                }
+            }
+        }
+    }
+
+    /// Decodes frames of a byte stream into (opcode, fin, unmasked payload, mask key).
+    fn frames(mut bytes: &[u8]) -> Vec<(u8, bool, Vec<u8>, Option<[u8; 4]>)> {
+        let mut out = Vec::new();
+        while let Ok(Some(h)) = frame::parse_header(bytes) {
+            let mut payload = bytes[h.header_len..h.frame_len() as usize].to_vec();
+            if let Some(k) = h.mask {
+                frame::apply_mask(&mut payload, k, 0);
+            }
+            out.push((h.opcode, h.fin, payload, h.mask));
+            bytes = &bytes[h.frame_len() as usize..];
+        }
+        out
+    }
+
+    #[test]
+    fn client_frames_are_remasked_and_pings_cut_out() {
+        let mut p = Pump::new(Side::Client, Bytes::new());
+        let mut input = Vec::new();
+        encode_frame(&mut input, false, OP_TEXT, b"hel", Some([1, 2, 3, 4]));
+        encode_frame(&mut input, true, OP_PING, b"are you there", Some([5, 6, 7, 8]));
+        encode_frame(&mut input, true, frame::OP_CONTINUATION, b"lo", Some([9, 9, 9, 9]));
+        feed(&mut p, &input);
+        let seen = parse_all(&mut p, true);
+        assert_eq!(seen[1], format!("ping {:?}", b"are you there"));
+        let out = frames(&drain_output(&mut p));
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].0, out[0].1, out[0].2.as_slice()), (OP_TEXT, false, &b"hel"[..]));
+        assert_eq!((out[1].0, out[1].1, out[1].2.as_slice()), (0, true, &b"lo"[..]));
+        assert_ne!(out[0].3, Some([1, 2, 3, 4]), "a fresh key replaces the client's");
+        assert!(p.is_drained());
+    }
+
+    #[test]
+    fn large_frame_streams_through_in_pieces() {
+        let mut p = Pump::new(Side::Upstream, Bytes::new());
+        let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut input = Vec::new();
+        encode_frame(&mut input, true, OP_BINARY, &payload, None);
+        let mut relayed = Vec::new();
+        for chunk in input.chunks(10_000) {
+            feed(&mut p, chunk);
+            parse_all(&mut p, false);
+            relayed.extend(drain_output(&mut p));
+            if relayed.len() < input.len() {
+                assert!(!p.is_drained(), "mid-frame is not a boundary");
+            }
+        }
+        assert_eq!(relayed, input);
+        assert!(p.is_drained());
+    }
+
+    #[test]
+    fn close_is_forwarded_then_everything_after_is_discarded() {
+        let mut p = Pump::new(Side::Upstream, Bytes::new());
+        let mut input = Vec::new();
+        encode_close(&mut input, 4001, "bye", None);
+        encode_frame(&mut input, true, OP_TEXT, b"late", None);
+        feed(&mut p, &input);
+        let seen = parse_all(&mut p, false);
+        assert_eq!(seen, ["close Some(4001) true", "data 1 true 6"]);
+        let out = frames(&drain_output(&mut p));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, OP_CLOSE);
+        assert_eq!(&out[0].2[2..], b"bye");
+    }
+
+    #[test]
+    fn unmasked_client_frame_is_a_violation() {
+        let mut p = Pump::new(Side::Client, Bytes::new());
+        let mut input = Vec::new();
+        encode_frame(&mut input, true, OP_TEXT, b"x", None);
+        feed(&mut p, &input);
+        assert!(matches!(p.parse(true, 100), Err(Violation::Protocol(_))));
+    }
+
+    #[test]
+    fn oversized_data_frame_is_refused_before_any_payload() {
+        let mut p = Pump::new(Side::Upstream, Bytes::new());
+        let mut input = Vec::new();
+        encode_frame(&mut input, true, OP_BINARY, &[0u8; 101], None);
+        feed(&mut p, &input[..4]);
+        assert_eq!(p.parse(false, 100).err(), Some(Violation::TooBig));
+    }
+
+    #[test]
+    fn draining_finishes_the_current_frame() {
+        let mut p = Pump::new(Side::Upstream, Bytes::new());
+        let mut input = Vec::new();
+        encode_frame(&mut input, true, OP_BINARY, &[7u8; 100], None);
+        encode_frame(&mut input, true, OP_BINARY, &[8u8; 100], None);
+        feed(&mut p, &input[..50]);
+        parse_all(&mut p, false);
+        p.drain();
+        feed(&mut p, &input[50..]);
+        parse_all(&mut p, false);
+        let out = frames(&drain_output(&mut p));
+        assert_eq!(out.len(), 1, "the second frame is not relayed");
+        assert_eq!(out[0].2, vec![7u8; 100]);
+        assert_eq!(p.mode, Mode::Discard);
+    }
+}

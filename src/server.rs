@@ -1,0 +1,130 @@
+//! The accept loop: per-connection tasks, the admin listener, and shutdown.
+//!
+//! `run` takes listeners the caller bound (tests bind port 0) and a shutdown future. A
+//! connection's shape is `accept → socket options → HTTP/1.1 (hyper) → handshake::Proxy`, which
+//! spawns the upgraded session into a `TaskTracker` so shutdown can wait for it. Per-connection
+//! errors never reach this loop; accept errors (for example running out of file descriptors)
+//! back off instead of spinning.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::handshake::Proxy;
+use crate::metrics::Metrics;
+use crate::net;
+
+/// First pause after a failed accept; doubles up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between failed accepts.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Extra time, beyond `--close-timeout`, that shutdown waits for sessions to finish.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(1);
+
+/// Errors that stop the server.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The metrics registry could not be built.
+    #[error("metrics setup failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Serves clients on `listener` and the admin endpoints on `admin` until `shutdown` completes,
+/// then closes every session with 1001 and waits (bounded) for them.
+///
+/// # Errors
+/// [`ServerError`] when start-up fails; per-connection failures are logged, not returned.
+pub async fn run(
+    listener: TcpListener,
+    admin: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let cancel = CancellationToken::new();
+    let state = Arc::new(AdminState::new(Arc::clone(&metrics)));
+    let admin_cancel = CancellationToken::new();
+    tokio::spawn(admin::serve(admin, Arc::clone(&state), admin_cancel.clone()));
+    let close_timeout = config.close_timeout;
+    let proxy = Arc::new(Proxy {
+        config,
+        metrics,
+        cancel: cancel.clone(),
+        sessions: TaskTracker::new(),
+    });
+    let connections = TaskTracker::new();
+    tokio::select! {
+        () = accept_loop(&listener, &proxy, &connections) => {}
+        () = shutdown => tracing::info!("shutting down: closing sessions with 1001"),
+    }
+    drop(listener);
+    state.set_ready(false);
+    cancel.cancel();
+    connections.close();
+    proxy.sessions.close();
+    let deadline = close_timeout + SHUTDOWN_SLACK;
+    let drained = tokio::time::timeout(deadline, async {
+        connections.wait().await;
+        proxy.sessions.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(?deadline, "sessions still open at the shutdown deadline; dropping them");
+    }
+    admin_cancel.cancel();
+    Ok(())
+}
+
+async fn accept_loop(listener: &TcpListener, proxy: &Arc<Proxy>, connections: &TaskTracker) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                connections.spawn(serve_connection(stream, peer, Arc::clone(proxy)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ?backoff, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one client connection until it upgrades, closes or the proxy shuts down.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
+    if let Err(e) = net::configure_client(&stream) {
+        tracing::debug!(%peer, error = %e, "could not set client socket options");
+    }
+    let cancel = proxy.cancel.clone();
+    let handshake_timeout = proxy.config.handshake_timeout;
+    let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, peer));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "client HTTP connection ended with an error");
+    }
+}
