@@ -1,4 +1,4 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, on its own port.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/connections`, on its own port.
 //!
 //! Kept off the client port so a load balancer or the internet never reaches it, and so scrapes
 //! keep working while the client listener is saturated or draining.
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handshake::{ProxyBody, text_response};
 use crate::metrics::Metrics;
+use crate::sessions::Sessions;
 
 /// State the admin endpoints report.
 pub struct AdminState {
@@ -25,12 +26,14 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// True while the proxy accepts connections; `/readyz` answers 503 once it is false.
     pub ready: AtomicBool,
+    /// Live sessions for `/connections`.
+    pub sessions: Arc<Sessions>,
 }
 
 impl AdminState {
     /// A ready state over `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        AdminState { metrics, ready: AtomicBool::new(true) }
+    pub fn new(metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Self {
+        AdminState { metrics, ready: AtomicBool::new(true), sessions }
     }
 
     /// Switches readiness (and the `wsbeat_ready` gauge).
@@ -76,8 +79,36 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<ProxyBody> {
         "/readyz" if state.ready.load(Ordering::Relaxed) => text_response(StatusCode::OK, "ready\n".into()),
         "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
         "/metrics" => metrics(state),
+        "/connections" => connections(state, req.uri().query()),
         _ => text_response(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+/// Sessions listed by `/connections` when no `limit` is given.
+const DEFAULT_CONNECTIONS_LIMIT: usize = 100;
+
+/// `GET /connections?limit=N`: live sessions as JSON, newest first.
+fn connections(state: &AdminState, query: Option<&str>) -> Response<ProxyBody> {
+    let limit = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("limit="))
+        .map(str::parse::<usize>);
+    let limit = match limit {
+        None => DEFAULT_CONNECTIONS_LIMIT,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return text_response(StatusCode::BAD_REQUEST, "limit must be a whole number\n".into());
+        }
+    };
+    let body = serde_json::json!({
+        "total": state.sessions.len(),
+        "sessions": state.sessions.list(limit),
+    });
+    let mut resp = text_response(StatusCode::OK, format!("{body}\n"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
 }
 
 fn metrics(state: &AdminState) -> Response<ProxyBody> {

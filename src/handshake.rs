@@ -31,7 +31,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::metrics::{ConnectError, ConnectionResult, Metrics, SessionGuard};
 use crate::net::{self, Conn, DialError};
-use crate::relay::{self, Peer, RelayConfig};
+use crate::relay::{self, Peer, RelayConfig, SessionContext};
+use crate::sessions::Sessions;
 
 /// Body of every response the proxy sends: the upstream's streamed body, or a short text.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -109,7 +110,9 @@ pub struct Proxy {
     /// Cancelled when the proxy shuts down; sessions then close with 1001.
     pub cancel: CancellationToken,
     /// Tracks upgraded sessions so shutdown can wait for them.
-    pub sessions: TaskTracker,
+    pub tasks: TaskTracker,
+    /// Live sessions, for `/connections`.
+    pub live: Arc<Sessions>,
 }
 
 impl Proxy {
@@ -187,7 +190,7 @@ impl Proxy {
         self.metrics.handshake_duration.observe(started.elapsed().as_secs_f64());
         let path = req.uri().path().to_owned();
         let this = Arc::clone(self);
-        self.sessions.spawn(async move {
+        self.tasks.spawn(async move {
             this.session(client_upgrade, upstream_upgrade, client, path).await;
         });
         Ok(reply)
@@ -209,15 +212,19 @@ impl Proxy {
             }
         };
         let guard = SessionGuard::new(&self.metrics);
+        let registration = self.live.register(client, path.clone());
         let (client_io, client_ahead) = Conn::from_upgraded(client_io);
         let (upstream_io, upstream_ahead) = Conn::from_upgraded(upstream_io);
         tracing::debug!(%client, path, "session started");
         let outcome = relay::run(
             Peer { io: client_io, read_ahead: client_ahead },
             Peer { io: upstream_io, read_ahead: upstream_ahead },
-            self.relay_config(),
-            self.cancel.child_token(),
-            Arc::clone(&self.metrics),
+            SessionContext {
+                cfg: self.relay_config(),
+                cancel: self.cancel.child_token(),
+                metrics: Arc::clone(&self.metrics),
+                info: Arc::clone(registration.info()),
+            },
         )
         .await;
         tracing::info!(

@@ -14,6 +14,7 @@
 //! - [`heartbeat`]: pure per-side ping/timeout state machine (no I/O, time passed in).
 //! - [`metrics`]: owned Prometheus registry and per-connection metric handles.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/connections` on a separate listener.
+//! - [`sessions`]: the live-session table behind `/connections`.
 //! - [`shutdown`]: SIGTERM/SIGINT future.
 //! - [`demo`]: a tiny legacy-style echo upstream that never answers pings (`--demo`, tests).
 #![forbid(unsafe_code)]
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod net;
 pub mod relay;
 pub mod server;
+pub mod sessions;
 pub mod shutdown;
 
 /// The two legs of a session: whoever connected to us, and the legacy backend.

@@ -37,6 +37,7 @@ use crate::Side;
 use crate::frame::{self, close_code};
 use crate::heartbeat::{Action, Heartbeat, HeartbeatConfig, PongMatch};
 use crate::metrics::{CloseReason, Initiator, Metrics, Tally};
+use crate::sessions::SessionInfo;
 use pump::{Control, Parsed, Pump, Violation};
 
 /// Control bytes queued for one leg beyond which we stop reading its pings: a peer that floods
@@ -81,19 +82,25 @@ pub struct Outcome {
     pub detail: &'static str,
 }
 
+/// What a session reports to and listens for, besides its two connections.
+pub struct SessionContext {
+    /// Settings.
+    pub cfg: RelayConfig,
+    /// Cancelled when the proxy shuts down: both legs then get close 1001.
+    pub cancel: CancellationToken,
+    /// Where counters go.
+    pub metrics: Arc<Metrics>,
+    /// This session's entry in `/connections`.
+    pub info: Arc<SessionInfo>,
+}
+
 /// Relays frames between `client` and `upstream` until the session ends.
-pub async fn run<C, U>(
-    client: Peer<C>,
-    upstream: Peer<U>,
-    cfg: RelayConfig,
-    cancel: CancellationToken,
-    metrics: Arc<Metrics>,
-) -> Outcome
+pub async fn run<C, U>(client: Peer<C>, upstream: Peer<U>, ctx: SessionContext) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut session = Session::new(client, upstream, cfg, cancel, metrics);
+    let mut session = Session::new(client, upstream, ctx);
     let outcome = std::future::poll_fn(|cx| session.poll(cx)).await;
     session.shutdown().await;
     outcome
@@ -191,6 +198,7 @@ enum Event {
 struct Shared<'a> {
     cfg: &'a RelayConfig,
     metrics: &'a Metrics,
+    info: &'a SessionInfo,
     tally: &'a mut Tally,
     outcome: &'a mut Option<Outcome>,
     closing: &'a mut bool,
@@ -208,6 +216,7 @@ struct Session<C, U> {
     close_deadline: Option<Pin<Box<Sleep>>>,
     outcome: Option<Outcome>,
     metrics: Arc<Metrics>,
+    info: Arc<SessionInfo>,
     tally: Tally,
 }
 
@@ -216,13 +225,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    fn new(
-        client: Peer<C>,
-        upstream: Peer<U>,
-        cfg: RelayConfig,
-        cancel: CancellationToken,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    fn new(client: Peer<C>, upstream: Peer<U>, ctx: SessionContext) -> Self {
+        let SessionContext { cfg, cancel, metrics, info } = ctx;
         let now = Instant::now();
         Session {
             client: Leg { io: Some(client.io), st: LegState::new(Side::Client, cfg.client, now) },
@@ -239,6 +243,7 @@ where
             close_deadline: None,
             outcome: None,
             metrics,
+            info,
             tally: Tally::default(),
         }
     }
@@ -290,6 +295,7 @@ where
         let mut shared = Shared {
             cfg: &self.cfg,
             metrics: &self.metrics,
+            info: &self.info,
             tally: &mut self.tally,
             outcome: &mut self.outcome,
             closing: &mut self.closing,
@@ -405,6 +411,7 @@ where
                 Some(Action::SendPing(payload)) => {
                     leg.queue_control(frame::OP_PING, &payload);
                     self.metrics.pings_sent[side.index()].inc();
+                    self.info.on_ping(side);
                 }
                 Some(Action::Expire) => return true,
                 None => {}
@@ -459,7 +466,13 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let mut progress = poll_write_out(dst, pump, cx)?;
-    if poll_read_in(src, pump, cx)? {
+    let read = poll_read_in(src, pump, cx)?;
+    if read != NOTHING_READ && read > 0 {
+        let now = Instant::now();
+        src.st.hb.on_activity(now);
+        shared.info.on_received(src.st.side, read as u64, now);
+    }
+    if read != NOTHING_READ {
         progress = true;
         parse_input(src, dst, pump, shared)?;
     }
@@ -540,31 +553,35 @@ where
     Ok(progress)
 }
 
-/// Reads from `src` into the pump; true if bytes arrived (or the read side ended).
-fn poll_read_in<A>(src: &mut Leg<A>, pump: &mut Pump, cx: &mut Context<'_>) -> Result<bool, Event>
+/// Returned by [`poll_read_in`] when nothing happened.
+const NOTHING_READ: usize = usize::MAX;
+
+/// Reads from `src` into the pump: the number of bytes that arrived (0 when the read side
+/// ended normally), or [`NOTHING_READ`].
+fn poll_read_in<A>(src: &mut Leg<A>, pump: &mut Pump, cx: &mut Context<'_>) -> Result<usize, Event>
 where
     A: AsyncRead + Unpin,
 {
     if src.st.read_done || src.st.dead || src.st.pending_ctrl().len() >= CTRL_QUEUE_LIMIT {
-        return Ok(false);
+        return Ok(NOTHING_READ);
     }
     if pump.fill_from_prefix() {
-        return Ok(true);
+        return Ok(0);
     }
-    let Some(io) = src.io.as_mut() else { return Ok(false) };
-    let Some(space) = pump.read_space() else { return Ok(false) };
+    let Some(io) = src.io.as_mut() else { return Ok(NOTHING_READ) };
+    let Some(space) = pump.read_space() else { return Ok(NOTHING_READ) };
     let mut rb = ReadBuf::new(space);
     match Pin::new(io).poll_read(cx, &mut rb) {
         Poll::Pending => {
             pump.release_if_empty();
-            Ok(false)
+            Ok(NOTHING_READ)
         }
         Poll::Ready(Ok(())) if rb.filled().is_empty() => {
             pump.release_if_empty();
             if src.st.got_close {
                 src.st.read_done = true;
                 pump.source_gone();
-                Ok(true)
+                Ok(0)
             } else {
                 Err(Event::Lost(src.st.side))
             }
@@ -572,15 +589,14 @@ where
         Poll::Ready(Ok(())) => {
             let n = rb.filled().len();
             pump.filled(n);
-            src.st.hb.on_activity(Instant::now());
-            Ok(true)
+            Ok(n)
         }
         Poll::Ready(Err(e)) => {
             tracing::debug!(side = src.st.side.as_str(), error = %e, "read failed");
             if src.st.got_close {
                 src.st.read_done = true;
                 pump.source_gone();
-                Ok(true)
+                Ok(0)
             } else {
                 Err(Event::Lost(src.st.side))
             }
@@ -626,6 +642,7 @@ fn on_control(
             shared.tally.frame(side, frame::OP_PONG, true, 0);
             if let PongMatch::Ours { rtt } = src.hb.on_pong(payload.as_slice(), Instant::now()) {
                 shared.metrics.observe_rtt(side, rtt);
+                shared.info.on_rtt(side, rtt);
             }
         }
         Control::Close { code, forwarded } => {

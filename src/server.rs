@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::handshake::Proxy;
 use crate::metrics::Metrics;
 use crate::net;
+use crate::sessions::Sessions;
 
 /// First pause after a failed accept; doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -53,7 +54,8 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new()?);
     let cancel = CancellationToken::new();
-    let state = Arc::new(AdminState::new(Arc::clone(&metrics)));
+    let live = Arc::new(Sessions::default());
+    let state = Arc::new(AdminState::new(Arc::clone(&metrics), Arc::clone(&live)));
     let admin_cancel = CancellationToken::new();
     tokio::spawn(admin::serve(admin, Arc::clone(&state), admin_cancel.clone()));
     let close_timeout = config.close_timeout;
@@ -61,7 +63,8 @@ pub async fn run(
         config,
         metrics,
         cancel: cancel.clone(),
-        sessions: TaskTracker::new(),
+        tasks: TaskTracker::new(),
+        live,
     });
     let connections = TaskTracker::new();
     tokio::select! {
@@ -72,11 +75,11 @@ pub async fn run(
     state.set_ready(false);
     cancel.cancel();
     connections.close();
-    proxy.sessions.close();
+    proxy.tasks.close();
     let deadline = close_timeout + SHUTDOWN_SLACK;
     let drained = tokio::time::timeout(deadline, async {
         connections.wait().await;
-        proxy.sessions.wait().await;
+        proxy.tasks.wait().await;
     })
     .await;
     if drained.is_err() {
