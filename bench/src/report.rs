@@ -1,0 +1,248 @@
+//! Turns the raw results file written by `run.sh` (`workload target run key value`, tab
+//! separated, one figure per line) into the Markdown tables: the median of the runs of each
+//! figure, with ratios to direct and to nginx, and a second table of harness diagnostics.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+
+/// (workload, key, label) of each row of the main table.
+const ROWS: &[(&str, &str, &str)] = &[
+    (
+        "small",
+        "msgs_per_s",
+        "64 B ×50 conns ×16 in flight: msg/s ↑",
+    ),
+    ("small", "p50_us", "64 B: p50 round trip µs ↓"),
+    ("small", "p99_us", "64 B: p99 round trip µs ↓"),
+    ("small", "proxy_cpu_us_per_msg", "64 B: proxy CPU µs/msg ↓"),
+    ("large", "mb_per_s", "64 KiB ×10 conns ×4 in flight: MB/s ↑"),
+    ("large", "p99_us", "64 KiB: p99 round trip µs ↓"),
+    (
+        "large",
+        "proxy_cpu_us_per_msg",
+        "64 KiB: proxy CPU µs/msg ↓",
+    ),
+    (
+        "latency",
+        "msgs_per_s",
+        "fixed rate 50 conns ×100/s: achieved msg/s",
+    ),
+    ("latency", "p50_us", "fixed rate: p50 µs ↓"),
+    ("latency", "p99_us", "fixed rate: p99 µs ↓"),
+    ("latency", "p999_us", "fixed rate: p99.9 µs ↓"),
+    ("latency", "max_us", "fixed rate: max µs ↓"),
+    ("idle", "sessions", "idle: sessions held"),
+    (
+        "idle",
+        "rss_per_session_kib",
+        "idle: proxy RSS per session KiB ↓",
+    ),
+    (
+        "idle",
+        "proxy_cpu_us_per_s",
+        "idle: proxy CPU µs per s of holding ↓",
+    ),
+    (
+        "idle",
+        "proxy_cpu_us_per_ping",
+        "idle: proxy CPU µs per ping (both legs) ↓",
+    ),
+    (
+        "idle",
+        "client_pings_per_session_s",
+        "idle: pings/s per session at clients",
+    ),
+    (
+        "idle",
+        "upstream_pings_per_session_s",
+        "idle: pings/s per session at upstream",
+    ),
+    ("stream", "mb_per_s", "256 MiB in 1 MiB frames: MB/s ↑"),
+    (
+        "stream",
+        "peak_rss_mib",
+        "256 MiB stream: proxy peak RSS MiB ↓",
+    ),
+];
+
+/// (workload, key) of the diagnostics table.
+const DIAG: &[(&str, &str)] = &[
+    ("small", "gen_cores"),
+    ("small", "echo_cores"),
+    ("small", "proxy_cores"),
+    ("small", "pings"),
+    ("small", "machine_busy_cores"),
+    ("small", "softirq_cores"),
+    ("small", "other_cores"),
+    ("large", "gen_cores"),
+    ("large", "echo_cores"),
+    ("large", "proxy_cores"),
+    ("large", "machine_busy_cores"),
+    ("large", "other_cores"),
+    ("latency", "gen_cores"),
+    ("latency", "proxy_cores"),
+    ("latency", "lost"),
+    ("latency", "other_cores"),
+    ("idle", "failed"),
+    ("idle", "closed_by_peer"),
+    ("idle", "connect_s"),
+    ("idle", "rss_held_kib"),
+    ("stream", "secs"),
+    ("stream", "mismatches"),
+];
+
+type Figures = BTreeMap<(String, String, String), Vec<f64>>;
+
+fn load(path: &Path) -> io::Result<Figures> {
+    let mut figures = Figures::new();
+    for line in std::fs::read_to_string(path)?.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        if let [workload, target, _run, key, value] = cols[..]
+            && let Ok(v) = value.parse::<f64>()
+        {
+            figures
+                .entry((workload.into(), target.into(), key.into()))
+                .or_default()
+                .push(v);
+        }
+    }
+    Ok(figures)
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// Formats a figure: thousands separators for big values, 2–3 significant digits for small.
+fn fmt(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        let s = format!("{:.0}", v.abs());
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if v < 0.0 { format!("-{out}") } else { out }
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_owned(), fmt)
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}×", a / b),
+        _ => "–".to_owned(),
+    }
+}
+
+/// Prints the tables for `targets` (in column order) from the results file.
+///
+/// # Errors
+/// Fails when the file cannot be read.
+pub fn run(path: &Path, targets: &[String]) -> io::Result<()> {
+    let figures = load(path)?;
+    let get = |w: &str, t: &str, k: &str| {
+        figures
+            .get(&(w.to_owned(), t.to_owned(), k.to_owned()))
+            .and_then(|v| median(v))
+    };
+    let runs = |w: &str, t: &str, k: &str| {
+        figures
+            .get(&(w.to_owned(), t.to_owned(), k.to_owned()))
+            .map_or(0, Vec::len)
+    };
+    let proxies: Vec<&String> = targets.iter().filter(|t| *t != "direct").collect();
+    let vs_nginx: Vec<&String> = proxies.iter().copied().filter(|t| *t != "nginx").collect();
+    let mut head = String::from("| figure (median of runs) |");
+    for t in targets {
+        let _ = write!(head, " {t} |");
+    }
+    for t in &proxies {
+        let _ = write!(head, " {t} ÷ direct |");
+    }
+    for t in &vs_nginx {
+        let _ = write!(head, " {t} ÷ nginx |");
+    }
+    println!("{head}");
+    println!(
+        "|---|{}",
+        "---|".repeat(targets.len() + proxies.len() + vs_nginx.len())
+    );
+    for (w, k, label) in ROWS {
+        let mut line = format!("| {label} |");
+        for t in targets {
+            let n = runs(w, t, k);
+            let suffix = if n > 0 && n < 3 {
+                format!(" ({n} run)")
+            } else {
+                String::new()
+            };
+            let _ = write!(line, " {}{suffix} |", cell(get(w, t, k)));
+        }
+        for t in &proxies {
+            let _ = write!(line, " {} |", ratio(get(w, t, k), get(w, "direct", k)));
+        }
+        for t in &vs_nginx {
+            let _ = write!(line, " {} |", ratio(get(w, t, k), get(w, "nginx", k)));
+        }
+        println!("{line}");
+    }
+    println!();
+    println!(
+        "Harness diagnostics (median): cores used by the load generator (gen), the echo server and the proxy during the window; lost = sent in window but not echoed."
+    );
+    println!();
+    println!(
+        "| workload.figure |{}",
+        targets
+            .iter()
+            .map(|t| format!(" {t} |"))
+            .collect::<String>()
+    );
+    println!("|---|{}", "---|".repeat(targets.len()));
+    for (w, k) in DIAG {
+        let cells: String = targets
+            .iter()
+            .map(|t| format!(" {} |", cell(get(w, t, k))))
+            .collect();
+        println!("| {w}.{k} |{cells}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn formats_with_separators() {
+        assert_eq!(fmt(1_080_000.0), "1,080,000");
+        assert_eq!(fmt(538.4), "538");
+        assert_eq!(fmt(17.84), "17.8");
+        assert_eq!(fmt(0.812), "0.81");
+    }
+}
