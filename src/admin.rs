@@ -33,7 +33,11 @@ pub struct AdminState {
 impl AdminState {
     /// A ready state over `metrics`.
     pub fn new(metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Self {
-        AdminState { metrics, ready: AtomicBool::new(true), sessions }
+        AdminState {
+            metrics,
+            ready: AtomicBool::new(true),
+            sessions,
+        }
     }
 
     /// Switches readiness (and the `wsbeat_ready` gauge).
@@ -63,7 +67,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: Cancel
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(route(&state, &req)) }
             });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
                 tracing::debug!(error = %e, "admin connection failed");
             }
         });
@@ -76,7 +83,9 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<ProxyBody> {
     }
     match req.uri().path() {
         "/healthz" => text_response(StatusCode::OK, "ok\n".into()),
-        "/readyz" if state.ready.load(Ordering::Relaxed) => text_response(StatusCode::OK, "ready\n".into()),
+        "/readyz" if state.ready.load(Ordering::Relaxed) => {
+            text_response(StatusCode::OK, "ready\n".into())
+        }
         "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
         "/metrics" => metrics(state),
         "/connections" => connections(state, req.uri().query()),
@@ -98,7 +107,10 @@ fn connections(state: &AdminState, query: Option<&str>) -> Response<ProxyBody> {
         None => DEFAULT_CONNECTIONS_LIMIT,
         Some(Ok(n)) => n,
         Some(Err(_)) => {
-            return text_response(StatusCode::BAD_REQUEST, "limit must be a whole number\n".into());
+            return text_response(
+                StatusCode::BAD_REQUEST,
+                "limit must be a whole number\n".into(),
+            );
         }
     };
     let body = serde_json::json!({
@@ -106,8 +118,10 @@ fn connections(state: &AdminState, query: Option<&str>) -> Response<ProxyBody> {
         "sessions": state.sessions.list(limit),
     });
     let mut resp = text_response(StatusCode::OK, format!("{body}\n"));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -115,7 +129,10 @@ fn metrics(state: &AdminState) -> Response<ProxyBody> {
     let encoder = prometheus::TextEncoder::new();
     let mut body = Vec::new();
     if let Err(e) = encoder.encode(&state.metrics.registry().gather(), &mut body) {
-        return text_response(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}\n"));
+        return text_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding failed: {e}\n"),
+        );
     }
     let mut resp = text_response(StatusCode::OK, String::from_utf8_lossy(&body).into_owned());
     if let Ok(v) = encoder.format_type().parse() {

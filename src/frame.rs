@@ -132,7 +132,13 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
 }
 
 /// Appends a complete frame (header and payload) to `out`, masked with `mask` if given.
-pub fn encode_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    fin: bool,
+    opcode: u8,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
     let b0 = if fin { 0x80 } else { 0 } | (opcode & 0x0F);
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     out.push(b0);
@@ -182,7 +188,9 @@ pub fn close_code_of(payload: &[u8]) -> Option<u16> {
 /// Masking is its own inverse, and XOR with `old ^ new` unmasks and re-masks in one pass.
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let key = rotate_key(key, offset);
-    let wide = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
+    let wide = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
@@ -234,7 +242,14 @@ mod tests {
         let h = parse_header(&out).unwrap().unwrap();
         assert_eq!(
             h,
-            Header { fin: true, rsv: 0, opcode: OP_TEXT, mask: Some([1, 2, 3, 4]), payload_len: 5, header_len: 6 }
+            Header {
+                fin: true,
+                rsv: 0,
+                opcode: OP_TEXT,
+                mask: Some([1, 2, 3, 4]),
+                payload_len: 5,
+                header_len: 6
+            }
         );
         let mut payload = out[6..].to_vec();
         apply_mask(&mut payload, [1, 2, 3, 4], 0);

@@ -66,16 +66,18 @@ impl HandshakeError {
         match self {
             HandshakeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HandshakeError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
-            HandshakeError::Unreachable(_) | HandshakeError::UpstreamHttp(_) | HandshakeError::BadAccept => {
-                StatusCode::BAD_GATEWAY
-            }
+            HandshakeError::Unreachable(_)
+            | HandshakeError::UpstreamHttp(_)
+            | HandshakeError::BadAccept => StatusCode::BAD_GATEWAY,
             HandshakeError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     fn connection_result(&self) -> ConnectionResult {
         match self {
-            HandshakeError::BadRequest(_) | HandshakeError::UnsupportedVersion => ConnectionResult::BadRequest,
+            HandshakeError::BadRequest(_) | HandshakeError::UnsupportedVersion => {
+                ConnectionResult::BadRequest
+            }
             HandshakeError::Timeout => ConnectionResult::UpstreamTimeout,
             _ => ConnectionResult::UpstreamUnreachable,
         }
@@ -84,7 +86,9 @@ impl HandshakeError {
     fn connect_error(&self) -> Option<ConnectError> {
         match self {
             HandshakeError::Unreachable(e) => Some(e.kind()),
-            HandshakeError::UpstreamHttp(_) | HandshakeError::BadAccept => Some(ConnectError::Handshake),
+            HandshakeError::UpstreamHttp(_) | HandshakeError::BadAccept => {
+                Some(ConnectError::Handshake)
+            }
             HandshakeError::Timeout => Some(ConnectError::Timeout),
             _ => None,
         }
@@ -94,8 +98,10 @@ impl HandshakeError {
     fn response(&self) -> Response<ProxyBody> {
         let mut resp = text_response(self.status(), format!("wsbeat: {self}\n"));
         if matches!(self, HandshakeError::UnsupportedVersion) {
-            resp.headers_mut()
-                .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
         }
         resp
     }
@@ -172,7 +178,8 @@ impl Proxy {
             }
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            self.metrics.connection(ConnectionResult::RejectedByUpstream);
+            self.metrics
+                .connection(ConnectionResult::RejectedByUpstream);
             tracing::info!(%client, path = req.uri().path(), status = resp.status().as_u16(), "upstream refused the upgrade");
             return Ok(relay_response(resp));
         }
@@ -181,17 +188,21 @@ impl Proxy {
             .get(header::SEC_WEBSOCKET_ACCEPT)
             .is_some_and(|v| v.as_bytes() == derive_accept_key(key.as_bytes()).as_bytes());
         if !accept_ok {
-            self.metrics.connection(ConnectionResult::UpstreamUnreachable);
+            self.metrics
+                .connection(ConnectionResult::UpstreamUnreachable);
             return Err(HandshakeError::BadAccept);
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let reply = switching_protocols(resp.headers(), &client_key);
         self.metrics.connection(ConnectionResult::Upgraded);
-        self.metrics.handshake_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .handshake_duration
+            .observe(started.elapsed().as_secs_f64());
         let path = req.uri().path().to_owned();
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
-            this.session(client_upgrade, upstream_upgrade, client, path).await;
+            this.session(client_upgrade, upstream_upgrade, client, path)
+                .await;
         });
         Ok(reply)
     }
@@ -217,8 +228,14 @@ impl Proxy {
         let (upstream_io, upstream_ahead) = Conn::from_upgraded(upstream_io);
         tracing::debug!(%client, path, "session started");
         let outcome = relay::run(
-            Peer { io: client_io, read_ahead: client_ahead },
-            Peer { io: upstream_io, read_ahead: upstream_ahead },
+            Peer {
+                io: client_io,
+                read_ahead: client_ahead,
+            },
+            Peer {
+                io: upstream_io,
+                read_ahead: upstream_ahead,
+            },
             SessionContext {
                 cfg: self.relay_config(),
                 cancel: self.cancel.child_token(),
@@ -241,7 +258,10 @@ impl Proxy {
     }
 
     /// Dials the upstream and sends `req`, all within `--connect-timeout`.
-    async fn exchange(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, HandshakeError> {
+    async fn exchange(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, HandshakeError> {
         let attempt = async {
             let mut sender = self.connect().await?;
             Ok(sender.send_request(req).await?)
@@ -290,13 +310,21 @@ impl Proxy {
     }
 
     /// The upstream's upgrade request: client headers minus hop-by-hop, our key, our Host.
-    fn upstream_upgrade_request(&self, req: &Request<Incoming>, client: SocketAddr, key: &str) -> Request<ProxyBody> {
+    fn upstream_upgrade_request(
+        &self,
+        req: &Request<Incoming>,
+        client: SocketAddr,
+        key: &str,
+    ) -> Request<ProxyBody> {
         let mut headers = self.forwarded_headers(req.headers(), client);
         headers.remove(header::SEC_WEBSOCKET_KEY);
         headers.remove(header::SEC_WEBSOCKET_ACCEPT);
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        headers.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         if let Ok(v) = HeaderValue::from_str(key) {
             headers.insert(header::SEC_WEBSOCKET_KEY, v);
         }
@@ -321,10 +349,10 @@ impl Proxy {
     fn forwarded_headers(&self, incoming: &HeaderMap, client: SocketAddr) -> HeaderMap {
         let mut headers = end_to_end(incoming);
         let client_host = incoming.get(header::HOST).cloned();
-        if !self.config.preserve_host || client_host.is_none() {
-            if let Ok(v) = HeaderValue::from_str(self.config.upstream.authority.as_str()) {
-                headers.insert(header::HOST, v);
-            }
+        if (!self.config.preserve_host || client_host.is_none())
+            && let Ok(v) = HeaderValue::from_str(self.config.upstream.authority.as_str())
+        {
+            headers.insert(header::HOST, v);
         }
         let xff = match incoming_joined(incoming, "x-forwarded-for") {
             Some(prev) => format!("{prev}, {}", client.ip()),
@@ -360,7 +388,9 @@ fn validate_upgrade(req: &Request<Incoming>) -> Result<HeaderValue, HandshakeErr
         return Err(HandshakeError::BadRequest("HTTP/1.1 or later required"));
     }
     if !has_token(req.headers(), &header::CONNECTION, "upgrade") {
-        return Err(HandshakeError::BadRequest("Connection header lacks \"Upgrade\""));
+        return Err(HandshakeError::BadRequest(
+            "Connection header lacks \"Upgrade\"",
+        ));
     }
     match req.headers().get(header::SEC_WEBSOCKET_VERSION) {
         None => return Err(HandshakeError::BadRequest("missing Sec-WebSocket-Version")),
@@ -372,7 +402,9 @@ fn validate_upgrade(req: &Request<Incoming>) -> Result<HeaderValue, HandshakeErr
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or(HandshakeError::BadRequest("missing Sec-WebSocket-Key"))?;
     if !is_valid_key(key.as_bytes()) {
-        return Err(HandshakeError::BadRequest("Sec-WebSocket-Key is not 16 bytes in base64"));
+        return Err(HandshakeError::BadRequest(
+            "Sec-WebSocket-Key is not 16 bytes in base64",
+        ));
     }
     Ok(key.clone())
 }
@@ -431,7 +463,11 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
 
 /// All values of a header joined with ", ", if present.
 fn incoming_joined(headers: &HeaderMap, name: &str) -> Option<String> {
-    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     (!values.is_empty()).then(|| values.join(", "))
 }
 
@@ -462,15 +498,23 @@ fn relay_response(resp: Response<Incoming>) -> Response<ProxyBody> {
 }
 
 fn empty_body() -> ProxyBody {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A short plain-text response.
 pub fn text_response(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -481,7 +525,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_dropped() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade, X-Secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade, X-Secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
@@ -499,7 +546,10 @@ mod tests {
     #[test]
     fn connection_tokens_are_matched_case_insensitively() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, UPGRADE"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, UPGRADE"),
+        );
         assert!(has_token(&h, &header::CONNECTION, "upgrade"));
         assert!(!has_token(&h, &header::CONNECTION, "close"));
     }
@@ -515,13 +565,22 @@ mod tests {
     #[test]
     fn the_101_carries_upstream_choices_and_our_accept() {
         let mut up = HeaderMap::new();
-        up.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("chat"));
+        up.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat"),
+        );
         up.insert(header::SET_COOKIE, HeaderValue::from_static("s=1"));
-        up.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_static("for-our-key"));
+        up.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_static("for-our-key"),
+        );
         let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
         let resp = switching_protocols(&up, &key);
         let h = resp.headers();
-        assert_eq!(h[header::SEC_WEBSOCKET_ACCEPT], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            h[header::SEC_WEBSOCKET_ACCEPT],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
         assert_eq!(h[header::SEC_WEBSOCKET_PROTOCOL], "chat");
         assert_eq!(h[header::SET_COOKIE], "s=1");
     }

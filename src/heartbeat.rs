@@ -123,8 +123,11 @@ impl Heartbeat {
         match (ping, expiry) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => self.next_ping.max(self.awaiting_since.unwrap_or(self.next_ping))
-                + FAR_FUTURE,
+            (None, None) => {
+                self.next_ping
+                    .max(self.awaiting_since.unwrap_or(self.next_ping))
+                    + FAR_FUTURE
+            }
         }
     }
 
@@ -237,7 +240,10 @@ mod tests {
         let p = ping_payload(hb.handle_timeout(t0 + 20 * S));
         assert_eq!(hb.handle_timeout(t0 + 40 * S), Some(Action::Expire));
         // A driver that ignored the expiry and then got the pong sees the peer alive again.
-        assert!(matches!(hb.on_pong(&p, t0 + 41 * S), PongMatch::Ours { .. }));
+        assert!(matches!(
+            hb.on_pong(&p, t0 + 41 * S),
+            PongMatch::Ours { .. }
+        ));
         assert!(!hb.is_awaiting());
     }
 
@@ -265,10 +271,7 @@ mod tests {
         let first = ping_payload(hb.handle_timeout(t0 + S));
         let second = ping_payload(hb.handle_timeout(t0 + 2 * S));
         assert_eq!(hb.on_pong(&first, t0 + 2 * S), PongMatch::Foreign);
-        assert_eq!(
-            hb.on_pong(&second, t0 + 3 * S),
-            PongMatch::Ours { rtt: S }
-        );
+        assert_eq!(hb.on_pong(&second, t0 + 3 * S), PongMatch::Ours { rtt: S });
         // A duplicate of the same pong is no longer ours.
         assert_eq!(hb.on_pong(&second, t0 + 3 * S), PongMatch::Foreign);
     }
@@ -279,7 +282,10 @@ mod tests {
         let mut hb = Heartbeat::new(cfg(20, 20), t0);
         ping_payload(hb.handle_timeout(t0 + 20 * S));
         hb.on_activity(t0 + 30 * S);
-        assert_eq!(hb.handle_timeout(t0 + 40 * S).map(|a| a == Action::Expire), Some(false));
+        assert_eq!(
+            hb.handle_timeout(t0 + 40 * S).map(|a| a == Action::Expire),
+            Some(false)
+        );
     }
 
     #[test]

@@ -27,7 +27,16 @@ const HANDSHAKE_BUCKETS_SECONDS: &[f64] = &[
 ];
 /// Seconds buckets for session lifetimes: from a failed session to a day-long one.
 const CONNECTION_BUCKETS_SECONDS: &[f64] = &[
-    0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0,
+    0.1,
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+    86400.0,
 ];
 
 /// Opcodes counted by `frames_total`, in index order (see [`opcode_index`]).
@@ -370,7 +379,10 @@ impl Metrics {
         )?;
         let http_requests = STATUS_CLASSES.map(|c| http.with_label_values(&[c]));
         let build = prometheus::GaugeVec::new(
-            Opts::new("build_info", "Always 1; the label carries the wsbeat version."),
+            Opts::new(
+                "build_info",
+                "Always 1; the label carries the wsbeat version.",
+            ),
             &["version"],
         )?;
         r.register(Box::new(build.clone()))?;
@@ -597,9 +609,9 @@ mod tests {
         assert!(text.contains(r#"wsbeat_bytes_total{direction="client_to_upstream"} 30"#));
         assert!(text.contains(r#"wsbeat_messages_total{direction="client_to_upstream"} 1"#));
         assert!(text.contains(r#"wsbeat_messages_total{direction="upstream_to_client"} 0"#));
-        assert!(text.contains(
-            r#"wsbeat_frames_total{direction="upstream_to_client",opcode="ping"} 1"#
-        ));
+        assert!(
+            text.contains(r#"wsbeat_frames_total{direction="upstream_to_client",opcode="ping"} 1"#)
+        );
     }
 
     #[test]

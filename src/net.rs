@@ -70,7 +70,9 @@ impl DialError {
     pub fn kind(&self) -> ConnectError {
         match self {
             DialError::Resolve { .. } => ConnectError::Dns,
-            DialError::Connect { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused => {
+            DialError::Connect { source, .. }
+                if source.kind() == io::ErrorKind::ConnectionRefused =>
+            {
                 ConnectError::Refused
             }
             DialError::Connect { .. } => ConnectError::Io,
@@ -86,7 +88,10 @@ impl DialError {
 pub async fn dial(host: &str, port: u16, user_timeout: Duration) -> Result<TcpStream, DialError> {
     let addrs = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|source| DialError::Resolve { host: host.to_owned(), source })?;
+        .map_err(|source| DialError::Resolve {
+            host: host.to_owned(),
+            source,
+        })?;
     let mut last = None;
     for addr in addrs {
         match connect_one(addr, user_timeout).await {
@@ -101,7 +106,11 @@ pub async fn dial(host: &str, port: u16, user_timeout: Duration) -> Result<TcpSt
 }
 
 async fn connect_one(addr: SocketAddr, user_timeout: Duration) -> io::Result<TcpStream> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_nodelay(true)?;
     let sock = SockRef::from(&socket);
     sock.set_tcp_keepalive(&keepalive())?;
@@ -131,7 +140,11 @@ impl Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
@@ -140,7 +153,11 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Upgraded(s) => Pin::new(s).poll_write(cx, buf),

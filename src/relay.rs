@@ -226,10 +226,18 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     fn new(client: Peer<C>, upstream: Peer<U>, ctx: SessionContext) -> Self {
-        let SessionContext { cfg, cancel, metrics, info } = ctx;
+        let SessionContext {
+            cfg,
+            cancel,
+            metrics,
+            info,
+        } = ctx;
         let now = Instant::now();
         Session {
-            client: Leg { io: Some(client.io), st: LegState::new(Side::Client, cfg.client, now) },
+            client: Leg {
+                io: Some(client.io),
+                st: LegState::new(Side::Client, cfg.client, now),
+            },
             upstream: Leg {
                 io: Some(upstream.io),
                 st: LegState::new(Side::Upstream, cfg.upstream, now),
@@ -270,9 +278,9 @@ where
             return Poll::Ready(self.finish());
         }
         if self.closing {
-            let deadline = self.close_deadline.get_or_insert_with(|| {
-                Box::pin(tokio::time::sleep(self.cfg.close_timeout))
-            });
+            let deadline = self
+                .close_deadline
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.cfg.close_timeout)));
             if deadline.as_mut().poll(cx).is_ready() {
                 tracing::debug!("close handshake did not finish in time; dropping both legs");
                 return Poll::Ready(self.finish());
@@ -300,8 +308,20 @@ where
             outcome: &mut self.outcome,
             closing: &mut self.closing,
         };
-        let a = direction(&mut self.client, &mut self.upstream, &mut self.c2u, &mut shared, cx);
-        let b = direction(&mut self.upstream, &mut self.client, &mut self.u2c, &mut shared, cx);
+        let a = direction(
+            &mut self.client,
+            &mut self.upstream,
+            &mut self.c2u,
+            &mut shared,
+            cx,
+        );
+        let b = direction(
+            &mut self.upstream,
+            &mut self.client,
+            &mut self.u2c,
+            &mut shared,
+            cx,
+        );
         let mut progress = false;
         for result in [a, b] {
             match result {
@@ -325,8 +345,19 @@ where
         }
     }
 
-    fn record(&mut self, initiator: Initiator, reason: CloseReason, code: Option<u16>, detail: &'static str) {
-        self.outcome.get_or_insert(Outcome { initiator, reason, code, detail });
+    fn record(
+        &mut self,
+        initiator: Initiator,
+        reason: CloseReason,
+        code: Option<u16>,
+        detail: &'static str,
+    ) {
+        self.outcome.get_or_insert(Outcome {
+            initiator,
+            reason,
+            code,
+            detail,
+        });
         self.closing = true;
     }
 
@@ -348,7 +379,11 @@ where
             Violation::TooBig => (CloseReason::TooBig, close_code::TOO_BIG, "frame too big"),
             Violation::Protocol(d) => (CloseReason::ProtocolError, close_code::PROTOCOL_ERROR, d),
         };
-        tracing::info!(side = side.as_str(), detail, "protocol violation; closing the session");
+        tracing::info!(
+            side = side.as_str(),
+            detail,
+            "protocol violation; closing the session"
+        );
         self.record(Initiator::Proxy, reason, Some(code), detail);
         let other_why = match side {
             Side::Client => (close_code::GOING_AWAY, "client protocol error"),
@@ -374,8 +409,18 @@ where
     /// The state of `side`, the pump into it, the pump out of it, and the other leg's state.
     fn parts(&mut self, side: Side) -> (&mut LegState, &mut Pump, &mut Pump, &mut LegState) {
         match side {
-            Side::Client => (&mut self.client.st, &mut self.u2c, &mut self.c2u, &mut self.upstream.st),
-            Side::Upstream => (&mut self.upstream.st, &mut self.c2u, &mut self.u2c, &mut self.client.st),
+            Side::Client => (
+                &mut self.client.st,
+                &mut self.u2c,
+                &mut self.c2u,
+                &mut self.upstream.st,
+            ),
+            Side::Upstream => (
+                &mut self.upstream.st,
+                &mut self.c2u,
+                &mut self.u2c,
+                &mut self.client.st,
+            ),
         }
     }
 
@@ -384,8 +429,16 @@ where
         for side in Side::ALL {
             if self.poll_heartbeat(side, cx) {
                 self.metrics.peer_timeouts[side.index()].inc();
-                tracing::info!(side = side.as_str(), "peer stayed silent past its pong timeout");
-                self.record(Initiator::Proxy, CloseReason::Timeout, None, timeout_reason(side).1);
+                tracing::info!(
+                    side = side.as_str(),
+                    "peer stayed silent past its pong timeout"
+                );
+                self.record(
+                    Initiator::Proxy,
+                    CloseReason::Timeout,
+                    None,
+                    timeout_reason(side).1,
+                );
                 self.kill(side, timeout_reason(side));
             }
         }
@@ -493,22 +546,16 @@ where
     loop {
         if pump.truncated && pump.output().is_empty() {
             // The source died mid-frame: no close frame can follow. Cut the connection.
-            tracing::debug!(side = dst.st.side.as_str(), "stream truncated mid-frame; dropping leg");
+            tracing::debug!(
+                side = dst.st.side.as_str(),
+                "stream truncated mid-frame; dropping leg"
+            );
             dst.st.dead = true;
             dst.io = None;
             return Ok(true);
         }
         let at_boundary = pump.out_until_boundary() == 0;
-        if at_boundary && pump.output().is_empty() && !dst.st.close_queued {
-            if let Some((code, reason)) = dst.st.close_out
-                && pump.mode == pump::Mode::Discard
-            {
-                let mask = dst.st.mask();
-                frame::encode_close(&mut dst.st.ctrl, code, reason, mask);
-                dst.st.close_out = None;
-                dst.st.close_queued = true;
-            }
-        }
+        queue_close_when_drained(&mut dst.st, pump);
         let ctrl_first = at_boundary && !dst.st.pending_ctrl().is_empty();
         let limit = usize::try_from(pump.out_until_boundary()).unwrap_or(usize::MAX);
         let data = pump.output();
@@ -556,6 +603,19 @@ where
 /// Returned by [`poll_read_in`] when nothing happened.
 const NOTHING_READ: usize = usize::MAX;
 
+/// Encodes our pending close for `leg` once nothing more will be relayed into it and all that
+/// was relayed is written: the close is the last frame the leg gets.
+fn queue_close_when_drained(leg: &mut LegState, pump: &Pump) {
+    if pump.mode != pump::Mode::Discard || !pump.is_drained() || leg.close_queued {
+        return;
+    }
+    if let Some((code, reason)) = leg.close_out.take() {
+        let mask = leg.mask();
+        frame::encode_close(&mut leg.ctrl, code, reason, mask);
+        leg.close_queued = true;
+    }
+}
+
 /// Reads from `src` into the pump: the number of bytes that arrived (0 when the read side
 /// ended normally), or [`NOTHING_READ`].
 fn poll_read_in<A>(src: &mut Leg<A>, pump: &mut Pump, cx: &mut Context<'_>) -> Result<usize, Event>
@@ -568,8 +628,12 @@ where
     if pump.fill_from_prefix() {
         return Ok(0);
     }
-    let Some(io) = src.io.as_mut() else { return Ok(NOTHING_READ) };
-    let Some(space) = pump.read_space() else { return Ok(NOTHING_READ) };
+    let Some(io) = src.io.as_mut() else {
+        return Ok(NOTHING_READ);
+    };
+    let Some(space) = pump.read_space() else {
+        return Ok(NOTHING_READ);
+    };
     let mut rb = ReadBuf::new(space);
     match Pin::new(io).poll_read(cx, &mut rb) {
         Poll::Pending => {
@@ -659,3 +723,6 @@ fn on_control(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -57,7 +57,11 @@ pub async fn run(
     let live = Arc::new(Sessions::default());
     let state = Arc::new(AdminState::new(Arc::clone(&metrics), Arc::clone(&live)));
     let admin_cancel = CancellationToken::new();
-    tokio::spawn(admin::serve(admin, Arc::clone(&state), admin_cancel.clone()));
+    tokio::spawn(admin::serve(
+        admin,
+        Arc::clone(&state),
+        admin_cancel.clone(),
+    ));
     let close_timeout = config.close_timeout;
     let proxy = Arc::new(Proxy {
         config,
@@ -83,7 +87,10 @@ pub async fn run(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(?deadline, "sessions still open at the shutdown deadline; dropping them");
+        tracing::warn!(
+            ?deadline,
+            "sessions still open at the shutdown deadline; dropping them"
+        );
     }
     admin_cancel.cancel();
     Ok(())

@@ -63,13 +63,17 @@ impl SessionInfo {
 
     /// A ping was sent to `side`.
     pub fn on_ping(&self, side: Side) {
-        self.legs[side.index()].pings_sent.fetch_add(1, Ordering::Relaxed);
+        self.legs[side.index()]
+            .pings_sent
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// `side` answered our ping after `rtt`.
     pub fn on_rtt(&self, side: Side, rtt: Duration) {
         let us = rtt.as_micros().min(u128::from(NONE - 1)) as u64;
-        self.legs[side.index()].last_rtt_us.store(us, Ordering::Relaxed);
+        self.legs[side.index()]
+            .last_rtt_us
+            .store(us, Ordering::Relaxed);
     }
 
     fn snapshot(&self, now: Instant) -> SessionView {
@@ -136,13 +140,17 @@ impl Sessions {
             legs: Default::default(),
         });
         self.lock().insert(id, Arc::clone(&info));
-        Registration { sessions: Arc::clone(self), info }
+        Registration {
+            sessions: Arc::clone(self),
+            info,
+        }
     }
 
     /// Up to `limit` live sessions, newest first.
     pub fn list(&self, limit: usize) -> Vec<SessionView> {
         let now = Instant::now();
-        let newest: Vec<Arc<SessionInfo>> = self.lock().values().rev().take(limit).cloned().collect();
+        let newest: Vec<Arc<SessionInfo>> =
+            self.lock().values().rev().take(limit).cloned().collect();
         newest.iter().map(|s| s.snapshot(now)).collect()
     }
 
@@ -193,7 +201,9 @@ mod tests {
     #[test]
     fn listing_is_newest_first_and_capped() {
         let s = Arc::new(Sessions::default());
-        let regs: Vec<_> = (0..5).map(|i| s.register(addr(), format!("/p{i}"))).collect();
+        let regs: Vec<_> = (0..5)
+            .map(|i| s.register(addr(), format!("/p{i}")))
+            .collect();
         let listed = s.list(3);
         let paths: Vec<_> = listed.iter().map(|v| v.path.as_str()).collect();
         assert_eq!(paths, ["/p4", "/p3", "/p2"]);

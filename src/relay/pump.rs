@@ -140,7 +140,11 @@ impl Pump {
     /// Stops relaying at the next input frame boundary.
     pub fn drain(&mut self) {
         if self.mode == Mode::Forward {
-            self.mode = if self.in_left == 0 { Mode::Discard } else { Mode::Draining };
+            self.mode = if self.in_left == 0 {
+                Mode::Discard
+            } else {
+                Mode::Draining
+            };
         }
     }
 
@@ -300,7 +304,11 @@ impl Pump {
         if self.in_forward {
             if self.in_mask != [0; 4] {
                 if let Some(buf) = &mut self.buf {
-                    frame::apply_mask(&mut buf[self.ppos..self.ppos + n], self.in_mask, self.in_off);
+                    frame::apply_mask(
+                        &mut buf[self.ppos..self.ppos + n],
+                        self.in_mask,
+                        self.in_off,
+                    );
                 }
                 self.in_off += n;
             }
@@ -336,7 +344,9 @@ impl Pump {
     /// Handles a complete ping, pong or close frame; `None` until it is all buffered.
     fn control(&mut self, h: &Header) -> Result<Option<Control>, Violation> {
         let len = h.frame_len() as usize;
-        let Some(buf) = &self.buf else { return Ok(None) };
+        let Some(buf) = &self.buf else {
+            return Ok(None);
+        };
         if self.end - self.ppos < len {
             return Ok(None);
         }
@@ -369,7 +379,13 @@ impl Pump {
                 }
             }
         };
-        if !matches!(control, Control::Close { forwarded: true, .. }) {
+        if !matches!(
+            control,
+            Control::Close {
+                forwarded: true,
+                ..
+            }
+        ) {
             self.cut(len);
         }
         Ok(Some(control))
@@ -418,8 +434,12 @@ mod tests {
             match p.parse(masked, 1 << 20).expect("valid") {
                 Parsed::NeedInput => return seen,
                 Parsed::Data(op, fin, len) => seen.push(format!("data {op} {fin} {len}")),
-                Parsed::Control(Control::Ping(pl)) => seen.push(format!("ping {:?}", pl.as_slice())),
-                Parsed::Control(Control::Pong(pl)) => seen.push(format!("pong {:?}", pl.as_slice())),
+                Parsed::Control(Control::Ping(pl)) => {
+                    seen.push(format!("ping {:?}", pl.as_slice()))
+                }
+                Parsed::Control(Control::Pong(pl)) => {
+                    seen.push(format!("pong {:?}", pl.as_slice()))
+                }
                 Parsed::Control(Control::Close { code, forwarded }) => {
                     seen.push(format!("close {code:?} {forwarded}"))
                 }
@@ -428,7 +448,9 @@ mod tests {
     }
 
     /// Decodes frames of a byte stream into (opcode, fin, unmasked payload, mask key).
-    fn frames(mut bytes: &[u8]) -> Vec<(u8, bool, Vec<u8>, Option<[u8; 4]>)> {
+    type Decoded = (u8, bool, Vec<u8>, Option<[u8; 4]>);
+
+    fn frames(mut bytes: &[u8]) -> Vec<Decoded> {
         let mut out = Vec::new();
         while let Ok(Some(h)) = frame::parse_header(bytes) {
             let mut payload = bytes[h.header_len..h.frame_len() as usize].to_vec();
@@ -446,16 +468,38 @@ mod tests {
         let mut p = Pump::new(Side::Client, Bytes::new());
         let mut input = Vec::new();
         encode_frame(&mut input, false, OP_TEXT, b"hel", Some([1, 2, 3, 4]));
-        encode_frame(&mut input, true, OP_PING, b"are you there", Some([5, 6, 7, 8]));
-        encode_frame(&mut input, true, frame::OP_CONTINUATION, b"lo", Some([9, 9, 9, 9]));
+        encode_frame(
+            &mut input,
+            true,
+            OP_PING,
+            b"are you there",
+            Some([5, 6, 7, 8]),
+        );
+        encode_frame(
+            &mut input,
+            true,
+            frame::OP_CONTINUATION,
+            b"lo",
+            Some([9, 9, 9, 9]),
+        );
         feed(&mut p, &input);
         let seen = parse_all(&mut p, true);
         assert_eq!(seen[1], format!("ping {:?}", b"are you there"));
         let out = frames(&drain_output(&mut p));
         assert_eq!(out.len(), 2);
-        assert_eq!((out[0].0, out[0].1, out[0].2.as_slice()), (OP_TEXT, false, &b"hel"[..]));
-        assert_eq!((out[1].0, out[1].1, out[1].2.as_slice()), (0, true, &b"lo"[..]));
-        assert_ne!(out[0].3, Some([1, 2, 3, 4]), "a fresh key replaces the client's");
+        assert_eq!(
+            (out[0].0, out[0].1, out[0].2.as_slice()),
+            (OP_TEXT, false, &b"hel"[..])
+        );
+        assert_eq!(
+            (out[1].0, out[1].1, out[1].2.as_slice()),
+            (0, true, &b"lo"[..])
+        );
+        assert_ne!(
+            out[0].3,
+            Some([1, 2, 3, 4]),
+            "a fresh key replaces the client's"
+        );
         assert!(p.is_drained());
     }
 
