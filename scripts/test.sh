@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The one test command (README: ./scripts/test.sh).
+#
+# Installs what the tests need when it is missing, then runs the whole suite with nothing
+# allowed to skip:
+#   - Debian packages: thin + ruby-faye-websocket (the legacy-server end-to-end test, tests/faye)
+#     and prometheus (promtool, for checking the metrics exposition);
+#   - a Python venv at .venv-test with `websockets` (the permessage-deflate test, tests/deflate).
+# Idempotent: when everything is present it installs nothing and goes straight to cargo.
+# Extra arguments go to `cargo test` (e.g. ./scripts/test.sh --test heartbeat).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+    if [ "$apt_updated" -eq 0 ]; then
+        echo "test.sh: installing $* (apt-get)"
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+command -v thin >/dev/null 2>&1 || missing+=(thin)
+ruby -e "require 'faye/websocket'" >/dev/null 2>&1 || missing+=(ruby-faye-websocket)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+fi
+
+venv=.venv-test
+python="$PWD/$venv/bin/python"
+if ! "$python" -c "import websockets" >/dev/null 2>&1; then
+    echo "test.sh: creating $venv with websockets (pip)"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        apt_install python3-venv
+        python3 -m venv "$venv"
+    fi
+    "$python" -m pip install -q --disable-pip-version-check "websockets>=14,<18"
+fi
+
+export WSBEAT_TEST_PYTHON="$python"
+export WSBEAT_REQUIRE_ALL=1
+cargo test --workspace "$@"
