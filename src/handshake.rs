@@ -193,6 +193,10 @@ impl Proxy {
             return Err(HandshakeError::BadAccept);
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let extensions = resp
+            .headers()
+            .get(header::SEC_WEBSOCKET_EXTENSIONS)
+            .is_some_and(|v| !v.as_bytes().iter().all(u8::is_ascii_whitespace));
         let reply = switching_protocols(resp.headers(), &client_key);
         self.metrics.connection(ConnectionResult::Upgraded);
         self.metrics
@@ -201,7 +205,7 @@ impl Proxy {
         let path = req.uri().path().to_owned();
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
-            this.session(client_upgrade, upstream_upgrade, client, path)
+            this.session(client_upgrade, upstream_upgrade, client, path, extensions)
                 .await;
         });
         Ok(reply)
@@ -214,6 +218,7 @@ impl Proxy {
         upstream_upgrade: hyper::upgrade::OnUpgrade,
         client: SocketAddr,
         path: String,
+        extensions: bool,
     ) {
         let (client_io, upstream_io) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
@@ -241,6 +246,7 @@ impl Proxy {
                 cancel: self.cancel.child_token(),
                 metrics: Arc::clone(&self.metrics),
                 info: Arc::clone(registration.info()),
+                extensions,
             },
         )
         .await;

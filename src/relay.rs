@@ -92,6 +92,9 @@ pub struct SessionContext {
     pub metrics: Arc<Metrics>,
     /// This session's entry in `/connections`.
     pub info: Arc<SessionInfo>,
+    /// The two ends negotiated an extension (such as permessage-deflate): RSV bits and
+    /// reserved opcodes are then theirs to use and pass through untouched.
+    pub extensions: bool,
 }
 
 /// Relays frames between `client` and `upstream` until the session ends.
@@ -231,8 +234,13 @@ where
             cancel,
             metrics,
             info,
+            extensions,
         } = ctx;
         let now = Instant::now();
+        let mut c2u = Pump::new(Side::Client, client.read_ahead);
+        let mut u2c = Pump::new(Side::Upstream, upstream.read_ahead);
+        c2u.strict = !extensions;
+        u2c.strict = !extensions;
         Session {
             client: Leg {
                 io: Some(client.io),
@@ -242,8 +250,8 @@ where
                 io: Some(upstream.io),
                 st: LegState::new(Side::Upstream, cfg.upstream, now),
             },
-            c2u: Pump::new(Side::Client, client.read_ahead),
-            u2c: Pump::new(Side::Upstream, upstream.read_ahead),
+            c2u,
+            u2c,
             cfg,
             cancel: Box::pin(cancel.cancelled_owned()),
             cancelled: false,
@@ -700,7 +708,11 @@ fn on_control(
     match control {
         Control::Ping(payload) => {
             shared.tally.frame(side, frame::OP_PING, true, 0);
-            src.queue_control(frame::OP_PONG, payload.as_slice());
+            // A ping after the peer's own close is not answered (RFC 6455 5.5.1: nothing
+            // follows a close); otherwise every ping gets its pong, the latest included.
+            if !src.got_close {
+                src.queue_control(frame::OP_PONG, payload.as_slice());
+            }
         }
         Control::Pong(payload) => {
             shared.tally.frame(side, frame::OP_PONG, true, 0);

@@ -95,6 +95,9 @@ pub struct Pump {
     pub truncated: bool,
     /// The buffer is full of output the destination has not taken (backpressure).
     pub stalled: bool,
+    /// No extension was negotiated, so RSV bits and reserved opcodes are errors (RFC 6455 5.2).
+    /// With one, they pass through: the proxy cannot know what an extension assigns to them.
+    pub strict: bool,
 }
 
 impl Pump {
@@ -116,6 +119,7 @@ impl Pump {
             close_forwarded: false,
             truncated: false,
             stalled: false,
+            strict: true,
         }
     }
 
@@ -276,9 +280,20 @@ impl Pump {
                     "masked frame from upstream"
                 }));
             }
+            if self.strict && (h.rsv != 0 || is_reserved_opcode(h.opcode)) {
+                return Err(Violation::Protocol(
+                    "reserved bits or opcode without a negotiated extension",
+                ));
+            }
             if h.is_control() {
                 if h.payload_len > MAX_CONTROL_PAYLOAD as u64 || !h.fin {
                     return Err(Violation::Protocol("oversized or fragmented control frame"));
+                }
+                // No extension gives control frames RSV bits (RFC 7692 6.1 forbids RSV1 there).
+                if h.rsv != 0
+                    && matches!(h.opcode, frame::OP_PING | frame::OP_PONG | frame::OP_CLOSE)
+                {
+                    return Err(Violation::Protocol("control frame with RSV bits set"));
                 }
                 if matches!(h.opcode, frame::OP_PING | frame::OP_PONG | frame::OP_CLOSE) {
                     return match self.control(&h)? {
@@ -401,6 +416,11 @@ impl Pump {
         self.wpos += n;
         self.ppos += n;
     }
+}
+
+/// Opcodes RFC 6455 reserves for future use: 0x3-0x7 (data) and 0xB-0xF (control).
+fn is_reserved_opcode(opcode: u8) -> bool {
+    matches!(opcode, 0x3..=0x7 | 0xB..=0xF)
 }
 
 impl Drop for Pump {
@@ -535,6 +555,42 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, OP_CLOSE);
         assert_eq!(&out[0].2[2..], b"bye");
+    }
+
+    #[test]
+    fn rsv_bits_need_a_negotiated_extension() {
+        let mut frame_rsv1 = Vec::new();
+        encode_frame(&mut frame_rsv1, true, OP_TEXT, b"x", None);
+        frame_rsv1[0] |= 0x40;
+        let mut strict = Pump::new(Side::Upstream, Bytes::new());
+        feed(&mut strict, &frame_rsv1);
+        assert!(matches!(
+            strict.parse(false, 100),
+            Err(Violation::Protocol(_))
+        ));
+        let mut lenient = Pump::new(Side::Upstream, Bytes::new());
+        lenient.strict = false;
+        feed(&mut lenient, &frame_rsv1);
+        assert_eq!(parse_all(&mut lenient, false), ["data 1 true 3"]);
+        assert_eq!(
+            drain_output(&mut lenient),
+            frame_rsv1,
+            "RSV1 passes unchanged"
+        );
+    }
+
+    #[test]
+    fn reserved_opcodes_are_refused_without_extensions() {
+        for op in [0x3, 0x7, 0xB, 0xF] {
+            let mut input = Vec::new();
+            encode_frame(&mut input, true, op, b"", None);
+            let mut p = Pump::new(Side::Upstream, Bytes::new());
+            feed(&mut p, &input);
+            assert!(
+                matches!(p.parse(false, 100), Err(Violation::Protocol(_))),
+                "opcode {op}"
+            );
+        }
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn start(cfg: RelayConfig, capacity: usize) -> Harness {
         cancel: cancel.clone(),
         metrics: Arc::clone(&metrics),
         info: Arc::clone(registration.info()),
+        extensions: false,
     };
     let relay = tokio::spawn(async move {
         let _registration = registration;
