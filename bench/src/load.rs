@@ -272,7 +272,7 @@ async fn sample_cpu(plan: &Plan, args: &LoadArgs) -> Windows {
     }
 }
 
-fn report(args: &LoadArgs, stats: &[ConnStats], open_sent: Option<u64>, w: Windows) {
+fn report(args: &LoadArgs, stats: &[ConnStats], open_sent: Option<OpenSent>, w: Windows) {
     let mut hist = Histogram::<u64>::new_with_bounds(1, MAX_RECORDED_NS, 3).expect("static bounds");
     let (mut msgs, mut bytes, mut pings, mut sent, mut errors) = (0, 0, 0, 0, 0);
     let mut first_error = None;
@@ -287,7 +287,7 @@ fn report(args: &LoadArgs, stats: &[ConnStats], open_sent: Option<u64>, w: Windo
             first_error.get_or_insert(e.clone());
         }
     }
-    let sent = open_sent.unwrap_or(sent);
+    let sent = open_sent.as_ref().map_or(sent, |o| o.sent_in_window);
     let secs = args.duration.as_secs_f64();
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let mut r = Report::default();
@@ -313,6 +313,10 @@ fn report(args: &LoadArgs, stats: &[ConnStats], open_sent: Option<u64>, w: Windo
     }
     if let Some((cpu, wall)) = w.echo {
         r.num("echo_cores", cpu / wall);
+    }
+    if let Some(o) = &open_sent {
+        r.num("send_late_p99_us", o.late_p99_us)
+            .num("send_late_max_us", o.late_max_us);
     }
     let mut accounted = 0.0;
     for (key, win) in [
@@ -519,9 +523,16 @@ impl<'a> Closed<'a> {
     }
 }
 
+/// What the open-loop sender reports.
+struct OpenSent {
+    sent_in_window: u64,
+    late_p99_us: f64,
+    late_max_us: f64,
+}
+
 type Spawned = (
     Vec<tokio::task::JoinHandle<ConnStats>>,
-    Option<tokio::task::JoinHandle<io::Result<u64>>>,
+    Option<tokio::task::JoinHandle<io::Result<OpenSent>>>,
 );
 
 /// Open loop: readers are tokio tasks; one OS thread does all sends on a fixed schedule.
@@ -554,8 +565,17 @@ fn spawn_open(
             pongs: pong_rx,
             rng: Rng::new(),
             buf: Vec::with_capacity(template.len() + 14),
+            pacer: Pacer {
+                oversleep: MAX_OVERSLEEP / 2,
+            },
+            late: Histogram::new_with_bounds(1, MAX_RECORDED_NS, 3).expect("static bounds"),
         };
-        w.run(&plan, &template, rate)
+        let sent = w.run(&plan, &template, rate)?;
+        Ok(OpenSent {
+            sent_in_window: sent,
+            late_p99_us: w.late.value_at_quantile(0.99) as f64 / 1000.0,
+            late_max_us: w.late.max() as f64 / 1000.0,
+        })
     });
     Ok((readers, Some(writer)))
 }
@@ -592,12 +612,50 @@ async fn read_open(
     }
 }
 
+/// Oversleep of `thread::sleep` is about the timer slack (50 µs by default); never assume more,
+/// so a loaded machine cannot make the pacer spin for long.
+const MAX_OVERSLEEP: Duration = Duration::from_micros(80);
+/// Extra spin before each send, to absorb jitter in the oversleep.
+const SPIN_MARGIN: Duration = Duration::from_micros(10);
+
+/// Waits for an instant with microsecond precision without burning a core: sleeps until just
+/// before it (by the oversleep measured so far), then spins the rest. A plain sleep would
+/// send every message ~55 µs late, and that lateness would be added to every latency.
+struct Pacer {
+    oversleep: Duration,
+}
+
+impl Pacer {
+    fn wait_until(&mut self, t: Instant) {
+        let now = Instant::now();
+        if t <= now {
+            return;
+        }
+        let margin = self.oversleep + SPIN_MARGIN;
+        if t - now > margin {
+            let wake = t - margin;
+            std::thread::sleep(wake - now);
+            let over = Instant::now()
+                .saturating_duration_since(wake)
+                .min(MAX_OVERSLEEP);
+            self.oversleep = (self.oversleep * 7 + over) / 8;
+        }
+        while Instant::now() < t {
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// The open-loop sender thread.
 struct OpenWriter {
     socks: Vec<std::net::TcpStream>,
     pongs: mpsc::Receiver<(usize, Vec<u8>)>,
     rng: Rng,
     buf: Vec<u8>,
+    pacer: Pacer,
+    /// How late each send left, versus its intended time: if this grows, the generator (not
+    /// the proxy) is the bottleneck.
+    late: Histogram<u64>,
 }
 
 impl OpenWriter {
@@ -614,10 +672,11 @@ impl OpenWriter {
                 break;
             }
             self.answer_pongs(plan)?;
-            let now = Instant::now();
-            if intended > now {
-                std::thread::sleep(intended - now);
-            }
+            self.pacer.wait_until(intended);
+            let late = Instant::now().saturating_duration_since(intended);
+            let _ = self
+                .late
+                .record((late.as_nanos() as u64).clamp(1, MAX_RECORDED_NS));
             let ts = ns_at(intended);
             sent_in_window += u64::from(ts >= plan.measure_ns && ts < plan.end_ns);
             self.buf.clear();

@@ -85,6 +85,7 @@ const DIAG: &[(&str, &str)] = &[
     ("latency", "proxy_cores"),
     ("latency", "lost"),
     ("latency", "other_cores"),
+    ("latency", "send_late_p99_us"),
     ("idle", "failed"),
     ("idle", "closed_by_peer"),
     ("idle", "connect_s"),
