@@ -9,6 +9,7 @@
 pub mod external;
 pub mod frame;
 pub mod peers;
+pub mod prom;
 pub mod proxy;
 pub mod raw;
 
