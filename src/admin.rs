@@ -128,7 +128,7 @@ fn connections(state: &AdminState, query: Option<&str>) -> Response<ProxyBody> {
 fn metrics(state: &AdminState) -> Response<ProxyBody> {
     let encoder = prometheus::TextEncoder::new();
     let mut body = Vec::new();
-    if let Err(e) = encoder.encode(&state.metrics.registry().gather(), &mut body) {
+    if let Err(e) = encoder.encode(&state.metrics.gather(), &mut body) {
         return text_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding failed: {e}\n"),

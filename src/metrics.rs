@@ -243,6 +243,9 @@ const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Every metric of one proxy instance, registered into its own registry.
 pub struct Metrics {
     registry: Registry,
+    /// The process collector lives apart, unprefixed: `process_*` is the name every dashboard
+    /// and alert in the Prometheus world expects.
+    process_registry: Registry,
     /// Sessions currently relaying.
     pub connections_active: IntGauge,
     connections: Vec<IntCounter>,
@@ -392,9 +395,11 @@ impl Metrics {
         let ready = Gauge::new("ready", "1 while accepting connections, 0 while draining.")?;
         r.register(Box::new(ready.clone()))?;
         ready.set(1.0);
-        register_process_collector(r)?;
+        let process_registry = Registry::new();
+        register_process_collector(&process_registry)?;
         Ok(Metrics {
             registry,
+            process_registry,
             connections_active,
             connections,
             pings_sent,
@@ -413,9 +418,11 @@ impl Metrics {
         })
     }
 
-    /// The registry to scrape.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// Every family to expose: wsbeat's own, then the process collector's.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.registry.gather();
+        families.extend(self.process_registry.gather());
+        families
     }
 
     /// Counts one upgrade attempt by result.
@@ -559,8 +566,7 @@ fn histogram(
     Ok(h)
 }
 
-/// Registers CPU, memory and file descriptor metrics of this process (`process_*`, unprefixed
-/// in the exposition as Prometheus expects them).
+/// Registers CPU, memory and file descriptor metrics of this process (`process_*`).
 fn register_process_collector(r: &Registry) -> Result<(), prometheus::Error> {
     let pc = prometheus::process_collector::ProcessCollector::for_self();
     r.register(Box::new(pc))
@@ -574,7 +580,7 @@ mod tests {
     fn scrape(m: &Metrics) -> String {
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
-            .encode(&m.registry().gather(), &mut out)
+            .encode(&m.gather(), &mut out)
             .unwrap();
         String::from_utf8(out).unwrap()
     }
