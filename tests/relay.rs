@@ -422,3 +422,78 @@ async fn slow_upstream_reader_stalls_the_client_writer_and_client_pings_continue
         "the proxy stopped pinging the client while its upload was blocked"
     );
 }
+
+#[tokio::test]
+async fn close_without_a_reply_ends_both_legs_after_the_close_timeout() {
+    let (_proxy, mut client, mut upstream) = raw_session(&["--close-timeout", "200ms"]).await;
+    client.ws.must_send(RawFrame::close(1000, "bye")).await;
+    let got = upstream.ws.expect_close(STEP).await;
+    assert_eq!(got.close_code(), Some(1000));
+    // The upstream never answers the close; the proxy must not wait forever.
+    let started = Instant::now();
+    within(Duration::from_secs(3), "both legs to end", async {
+        tokio::join!(client.ws.expect_end(STEP), upstream.ws.expect_end(STEP))
+    })
+    .await;
+    eprintln!(
+        "unanswered close ended the session after {:?}",
+        started.elapsed()
+    );
+}
+
+/// A 100 MiB message in 1 MiB fragments streams through while the proxy pings the upstream
+/// every 10 ms: every fragment arrives whole and in order, and the pings come between
+/// fragments, never inside one (a ping inside a frame would break the reader's parse).
+#[tokio::test]
+async fn hundred_mib_message_streams_through_with_pings_between_fragments() {
+    let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
+    let url = format!("ws://{}", upstream.addr);
+    let proxy = spawn_proxy(&["--upstream", &url, "--upstream-ping-interval", "10ms"]).await;
+    let client = raw_connect(proxy.addr, "/", &[]).await;
+    let mut conn = upstream.accept(STEP).await;
+    const FRAGMENTS: usize = 100;
+    let chunk = pattern(1 << 20);
+
+    let started = Instant::now();
+    let mut client_ws = client.ws;
+    let sender_chunk = chunk.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..FRAGMENTS {
+            let f = if i == 0 {
+                RawFrame::binary(sender_chunk.clone())
+            } else {
+                RawFrame::continuation(sender_chunk.clone())
+            };
+            client_ws.must_send(f.with_fin(i == FRAGMENTS - 1)).await;
+        }
+        client_ws
+    });
+    let mut pings = 0;
+    let mut fragments = 0;
+    while fragments < FRAGMENTS {
+        let f = conn.ws.recv_within(Duration::from_secs(10)).await;
+        if f.opcode == OP_PING {
+            pings += 1;
+            continue;
+        }
+        let want_op = if fragments == 0 {
+            OP_BINARY
+        } else {
+            OP_CONTINUATION
+        };
+        assert_eq!(
+            (f.opcode, f.fin),
+            (want_op, fragments == FRAGMENTS - 1),
+            "fragment {fragments}"
+        );
+        assert!(f.payload == chunk, "fragment {fragments} payload differs");
+        fragments += 1;
+    }
+    let _client = within(STEP, "the sender", sender)
+        .await
+        .expect("sender task");
+    eprintln!(
+        "100 MiB streamed in {:?} with {pings} upstream pings between fragments",
+        started.elapsed()
+    );
+}
