@@ -18,27 +18,27 @@
 //! When a leg dies (pong timeout, or TCP ends without a close frame) it is dropped at once and the
 //! survivor gets a close frame: 1001 toward the upstream, 1011 toward the client.
 
+mod direction;
 mod pool;
 pub mod pump;
 
 use std::future::Future;
-use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::Side;
 use crate::frame::{self, close_code};
-use crate::heartbeat::{Action, Heartbeat, HeartbeatConfig, PongMatch};
+use crate::heartbeat::{Action, Heartbeat, HeartbeatConfig};
 use crate::metrics::{CloseReason, Initiator, Metrics, Tally};
 use crate::sessions::SessionInfo;
-use pump::{Control, Parsed, Pump, Violation};
+use pump::{Pump, Violation};
 
 /// Control bytes queued for one leg beyond which we stop reading its pings: a peer that floods
 /// pings while not reading our pongs is throttled instead of growing a queue.
@@ -316,14 +316,14 @@ where
             outcome: &mut self.outcome,
             closing: &mut self.closing,
         };
-        let a = direction(
+        let a = direction::direction(
             &mut self.client,
             &mut self.upstream,
             &mut self.c2u,
             &mut shared,
             cx,
         );
-        let b = direction(
+        let b = direction::direction(
             &mut self.upstream,
             &mut self.client,
             &mut self.u2c,
@@ -510,229 +510,6 @@ fn timeout_reason(side: Side) -> (u16, &'static str) {
     match side {
         Side::Client => (close_code::GOING_AWAY, "client timed out"),
         Side::Upstream => (close_code::INTERNAL_ERROR, "upstream timed out"),
-    }
-}
-
-/// One round of the direction `src → dst`: write what is pending to `dst`, read from `src`,
-/// parse. Returns whether anything moved.
-fn direction<A, B>(
-    src: &mut Leg<A>,
-    dst: &mut Leg<B>,
-    pump: &mut Pump,
-    shared: &mut Shared<'_>,
-    cx: &mut Context<'_>,
-) -> Result<bool, Event>
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut progress = poll_write_out(dst, pump, cx)?;
-    let read = poll_read_in(src, pump, cx)?;
-    if read != NOTHING_READ && read > 0 {
-        let now = Instant::now();
-        src.st.hb.on_activity(now);
-        shared.info.on_received(src.st.side, read as u64, now);
-    }
-    if read != NOTHING_READ {
-        progress = true;
-        parse_input(src, dst, pump, shared)?;
-    }
-    Ok(progress)
-}
-
-/// Writes pending control frames and relayed output to `dst`, control frames only at frame
-/// boundaries. Returns whether anything was written.
-fn poll_write_out<B>(dst: &mut Leg<B>, pump: &mut Pump, cx: &mut Context<'_>) -> Result<bool, Event>
-where
-    B: AsyncWrite + Unpin,
-{
-    let Some(io) = dst.io.as_mut() else {
-        pump.drop_output();
-        return Ok(false);
-    };
-    let mut progress = false;
-    loop {
-        if pump.truncated && pump.output().is_empty() {
-            // The source died mid-frame: no close frame can follow. Cut the connection.
-            tracing::debug!(
-                side = dst.st.side.as_str(),
-                "stream truncated mid-frame; dropping leg"
-            );
-            dst.st.dead = true;
-            dst.io = None;
-            return Ok(true);
-        }
-        let at_boundary = pump.out_until_boundary() == 0;
-        queue_close_when_drained(&mut dst.st, pump);
-        let ctrl_first = at_boundary && !dst.st.pending_ctrl().is_empty();
-        let limit = usize::try_from(pump.out_until_boundary()).unwrap_or(usize::MAX);
-        let data = pump.output();
-        let data = if !dst.st.pending_ctrl().is_empty() && !at_boundary {
-            &data[..data.len().min(limit)]
-        } else {
-            data
-        };
-        if !ctrl_first && data.is_empty() {
-            break;
-        }
-        let result = if ctrl_first {
-            let bufs = [IoSlice::new(dst.st.pending_ctrl()), IoSlice::new(data)];
-            Pin::new(&mut *io).poll_write_vectored(cx, &bufs)
-        } else {
-            Pin::new(&mut *io).poll_write(cx, data)
-        };
-        match result {
-            Poll::Pending => break,
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Event::Lost(dst.st.side)),
-            Poll::Ready(Ok(mut n)) => {
-                progress = true;
-                if ctrl_first {
-                    let c = n.min(dst.st.pending_ctrl().len());
-                    dst.st.ctrl_written(c);
-                    n -= c;
-                }
-                pump.consumed(n);
-            }
-        }
-    }
-    if pump.close_forwarded && pump.is_drained() && !dst.st.sent_close {
-        dst.st.sent_close = true;
-        progress = true;
-    }
-    if progress {
-        match Pin::new(io).poll_flush(cx) {
-            Poll::Ready(Err(_)) => return Err(Event::Lost(dst.st.side)),
-            Poll::Ready(Ok(())) | Poll::Pending => {}
-        }
-    }
-    Ok(progress)
-}
-
-/// Returned by [`poll_read_in`] when nothing happened.
-const NOTHING_READ: usize = usize::MAX;
-
-/// Encodes our pending close for `leg` once nothing more will be relayed into it and all that
-/// was relayed is written: the close is the last frame the leg gets.
-fn queue_close_when_drained(leg: &mut LegState, pump: &Pump) {
-    if pump.mode != pump::Mode::Discard || !pump.is_drained() || leg.close_queued {
-        return;
-    }
-    if let Some((code, reason)) = leg.close_out.take() {
-        let mask = leg.mask();
-        frame::encode_close(&mut leg.ctrl, code, reason, mask);
-        leg.close_queued = true;
-    }
-}
-
-/// Reads from `src` into the pump: the number of bytes that arrived (0 when the read side
-/// ended normally), or [`NOTHING_READ`].
-fn poll_read_in<A>(src: &mut Leg<A>, pump: &mut Pump, cx: &mut Context<'_>) -> Result<usize, Event>
-where
-    A: AsyncRead + Unpin,
-{
-    if src.st.read_done || src.st.dead || src.st.pending_ctrl().len() >= CTRL_QUEUE_LIMIT {
-        return Ok(NOTHING_READ);
-    }
-    if pump.fill_from_prefix() {
-        return Ok(0);
-    }
-    let Some(io) = src.io.as_mut() else {
-        return Ok(NOTHING_READ);
-    };
-    let Some(space) = pump.read_space() else {
-        return Ok(NOTHING_READ);
-    };
-    let mut rb = ReadBuf::new(space);
-    match Pin::new(io).poll_read(cx, &mut rb) {
-        Poll::Pending => {
-            pump.release_if_empty();
-            Ok(NOTHING_READ)
-        }
-        Poll::Ready(Ok(())) if rb.filled().is_empty() => {
-            pump.release_if_empty();
-            if src.st.got_close {
-                src.st.read_done = true;
-                pump.source_gone();
-                Ok(0)
-            } else {
-                Err(Event::Lost(src.st.side))
-            }
-        }
-        Poll::Ready(Ok(())) => {
-            let n = rb.filled().len();
-            pump.filled(n);
-            Ok(n)
-        }
-        Poll::Ready(Err(e)) => {
-            tracing::debug!(side = src.st.side.as_str(), error = %e, "read failed");
-            if src.st.got_close {
-                src.st.read_done = true;
-                pump.source_gone();
-                Ok(0)
-            } else {
-                Err(Event::Lost(src.st.side))
-            }
-        }
-    }
-}
-
-/// Parses everything buffered from `src`, acting on control frames.
-fn parse_input<A, B>(
-    src: &mut Leg<A>,
-    dst: &mut Leg<B>,
-    pump: &mut Pump,
-    shared: &mut Shared<'_>,
-) -> Result<(), Event> {
-    let side = src.st.side;
-    let masked = side == Side::Client;
-    loop {
-        let parsed = pump
-            .parse(masked, shared.cfg.max_frame_size)
-            .map_err(|v| Event::Violation(side, v))?;
-        match parsed {
-            Parsed::NeedInput => return Ok(()),
-            Parsed::Data(opcode, fin, len) => shared.tally.frame(side, opcode, fin, len),
-            Parsed::Control(c) => on_control(side, c, &mut src.st, &mut dst.st, pump, shared),
-        }
-    }
-}
-
-fn on_control(
-    side: Side,
-    control: Control,
-    src: &mut LegState,
-    dst: &mut LegState,
-    pump: &mut Pump,
-    shared: &mut Shared<'_>,
-) {
-    match control {
-        Control::Ping(payload) => {
-            shared.tally.frame(side, frame::OP_PING, true, 0);
-            // A ping after the peer's own close is not answered (RFC 6455 5.5.1: nothing
-            // follows a close); otherwise every ping gets its pong, the latest included.
-            if !src.got_close {
-                src.queue_control(frame::OP_PONG, payload.as_slice());
-            }
-        }
-        Control::Pong(payload) => {
-            shared.tally.frame(side, frame::OP_PONG, true, 0);
-            if let PongMatch::Ours { rtt } = src.hb.on_pong(payload.as_slice(), Instant::now()) {
-                shared.metrics.observe_rtt(side, rtt);
-                shared.info.on_rtt(side, rtt);
-            }
-        }
-        Control::Close { code, forwarded } => {
-            shared.tally.frame(side, frame::OP_CLOSE, true, 0);
-            src.got_close = true;
-            shared.outcome.get_or_insert(Outcome {
-                initiator: side.into(),
-                reason: CloseReason::from_code(code),
-                code,
-                detail: "close frame",
-            });
-            *shared.closing = true;
-            let _ = (forwarded, dst, pump);
-        }
     }
 }
 
