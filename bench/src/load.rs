@@ -673,12 +673,14 @@ impl OpenWriter {
             }
             self.answer_pongs(plan)?;
             self.pacer.wait_until(intended);
-            let late = Instant::now().saturating_duration_since(intended);
-            let _ = self
-                .late
-                .record((late.as_nanos() as u64).clamp(1, MAX_RECORDED_NS));
             let ts = ns_at(intended);
-            sent_in_window += u64::from(ts >= plan.measure_ns && ts < plan.end_ns);
+            if ts >= plan.measure_ns {
+                let late = Instant::now().saturating_duration_since(intended);
+                let _ = self
+                    .late
+                    .record((late.as_nanos() as u64).clamp(1, MAX_RECORDED_NS));
+                sent_in_window += 1;
+            }
             self.buf.clear();
             push_message(&mut self.buf, template, ts, &mut self.rng);
             let sock = (slot % n as u64) as usize;

@@ -207,7 +207,14 @@ pub fn run(path: &Path, targets: &[String]) -> io::Result<()> {
     }
     println!();
     println!(
-        "Harness diagnostics (median): cores used by the load generator (gen), the echo server and the proxy during the window; lost = sent in window but not echoed."
+        "Harness diagnostics (median). gen/echo/proxy_cores: CPU used during the window by the \
+         load generator, the echo server and the proxy (utime+stime, /proc/PID/stat). \
+         machine_busy: all non-idle CPU (/proc/stat); softirq: kernel network work charged to \
+         no process (loopback TCP); other: busy time of anything else on the machine (other \
+         people's compiles), approximate since /proc/stat is tick-sampled (slightly negative \
+         values are noise). lost: sent in the window but never echoed. send_late: how late \
+         the fixed-rate sender left its schedule (harness-side delay, included in the \
+         latencies: when it is near the p99, the machine, not the proxy, set the tail)."
     );
     println!();
     println!(
