@@ -320,7 +320,9 @@ UPTIME_AFTER=$(uptime)
 versions() {
     echo "- machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, kernel $(uname -r)"
     echo "- load before: ${UPTIME_BEFORE#*load average: } (1/5/15 min); after: ${UPTIME_AFTER#*load average: }"
-    echo "- wsbeat: $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo 'uncommitted') ($WSBEAT_BIN)"
+    local built="built from"
+    [ "$SKIP_BUILD" = 1 ] && built="prebuilt binary; work tree now at"
+    echo "- wsbeat: $WSBEAT_BIN, $built $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo 'no commit')"
     echo "- nginx: $(nginx -v 2>&1 | sed 's/.*version: //')"
     echo "- HAProxy: $(haproxy -v 2>/dev/null | head -n1 | awk '{print $3}')"
     echo "- rustc: $(rustc --version 2>/dev/null | awk '{print $2}')"

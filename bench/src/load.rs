@@ -318,28 +318,16 @@ fn report(args: &LoadArgs, stats: &[ConnStats], open_sent: Option<OpenSent>, w: 
         r.num("send_late_p99_us", o.late_p99_us)
             .num("send_late_max_us", o.late_max_us);
     }
-    let mut accounted = 0.0;
-    for (key, win) in [
-        ("proxy_cores", w.proxy),
-        ("echo_cores", w.echo),
-        ("gen_cores", w.me),
-    ] {
-        if let Some((cpu, wall)) = win {
-            accounted += cpu / wall;
-            if key == "gen_cores" {
-                r.num(key, cpu / wall);
-            }
-        }
+    if let Some((cpu, wall)) = w.me {
+        r.num("gen_cores", cpu / wall);
     }
     if let Some((m, wall)) = w.machine {
-        // Busy time not charged to the three processes: softirq (loopback TCP) and other load.
+        // The report derives the machine's other load: busy - steal - (gen + echo + proxy).
+        // Softirq is shown for information: loopback TCP work mostly runs in the sending
+        // process's context and is already inside that process's stime.
         r.num("machine_busy_cores", m.busy / wall)
             .num("softirq_cores", m.softirq / wall)
-            .num("steal_cores", m.steal / wall)
-            .num(
-                "other_cores",
-                (m.busy - m.softirq - m.steal) / wall - accounted,
-            );
+            .num("steal_cores", m.steal / wall);
     }
     if let Some(e) = first_error {
         r.text("first_error", &e);

@@ -97,19 +97,40 @@ const DIAG: &[(&str, &str)] = &[
 type Figures = BTreeMap<(String, String, String), Vec<f64>>;
 
 fn load(path: &Path) -> io::Result<Figures> {
-    let mut figures = Figures::new();
+    let mut runs: BTreeMap<(String, String, String), BTreeMap<String, f64>> = BTreeMap::new();
     for line in std::fs::read_to_string(path)?.lines() {
         let cols: Vec<&str> = line.split('\t').collect();
-        if let [workload, target, _run, key, value] = cols[..]
+        if let [workload, target, run, key, value] = cols[..]
             && let Ok(v) = value.parse::<f64>()
         {
+            runs.entry((workload.into(), target.into(), run.into()))
+                .or_default()
+                .insert(key.into(), v);
+        }
+    }
+    let mut figures = Figures::new();
+    for ((workload, target, _run), mut keys) in runs {
+        if let Some(other) = other_cores(&keys) {
+            keys.insert("other_cores".into(), other);
+        }
+        for (key, v) in keys {
             figures
-                .entry((workload.into(), target.into(), key.into()))
+                .entry((workload.clone(), target.clone(), key))
                 .or_default()
                 .push(v);
         }
     }
     Ok(figures)
+}
+
+/// Busy CPU of the machine not used by the generator, the echo server or the proxy.
+fn other_cores(keys: &BTreeMap<String, f64>) -> Option<f64> {
+    let busy = keys.get("machine_busy_cores")?;
+    let ours: f64 = ["gen_cores", "echo_cores", "proxy_cores"]
+        .iter()
+        .filter_map(|k| keys.get(*k))
+        .sum();
+    Some(busy - keys.get("steal_cores").unwrap_or(&0.0) - ours)
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -209,10 +230,11 @@ pub fn run(path: &Path, targets: &[String]) -> io::Result<()> {
     println!(
         "Harness diagnostics (median). gen/echo/proxy_cores: CPU used during the window by the \
          load generator, the echo server and the proxy (utime+stime, /proc/PID/stat). \
-         machine_busy: all non-idle CPU (/proc/stat); softirq: kernel network work charged to \
-         no process (loopback TCP); other: busy time of anything else on the machine (other \
-         people's compiles), approximate since /proc/stat is tick-sampled (slightly negative \
-         values are noise). lost: sent in the window but never echoed. send_late: how late \
+         machine_busy: all non-idle CPU (/proc/stat); softirq: kernel network (loopback TCP) work, \
+         mostly already inside the processes' figures; other: busy - steal - (gen + echo + \
+         proxy), the load of anything else on the machine (other people's compiles); \
+         approximate, since /proc/stat is tick-sampled and undercounts short bursts (slightly \
+         negative values are noise). lost: sent in the window but never echoed. send_late: how late \
          the fixed-rate sender left its schedule (harness-side delay, included in the \
          latencies: when it is near the p99, the machine, not the proxy, set the tail)."
     );
