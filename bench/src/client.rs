@@ -79,6 +79,7 @@ where
     let on_open = Arc::new(on_open);
     let permits = Arc::new(Semaphore::new(parallel.max(1)));
     let mut set = JoinSet::new();
+    let (mut failed, mut first) = (0, None);
     for _ in 0..n {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
@@ -96,18 +97,29 @@ where
                 Err(_) => Some("handshake timed out".to_owned()),
             }
         });
+        // Reap finished handshakes as we go, so the set stays small.
         while let Some(done) = set.try_join_next() {
-            let _ = done;
+            tally(done, &mut failed, &mut first);
         }
     }
-    let (mut failed, mut first) = (0, None);
     while let Some(done) = set.join_next().await {
-        if let Ok(Some(e)) = done {
-            failed += 1;
-            first.get_or_insert(e);
-        }
+        tally(done, &mut failed, &mut first);
     }
     (failed, first)
+}
+
+fn tally(
+    done: Result<Option<String>, tokio::task::JoinError>,
+    failed: &mut usize,
+    first: &mut Option<String>,
+) {
+    let error = match done {
+        Ok(None) => return,
+        Ok(Some(e)) => e,
+        Err(e) => e.to_string(),
+    };
+    *failed += 1;
+    first.get_or_insert(error);
 }
 
 /// Opens exactly `n` connections or fails.

@@ -126,7 +126,12 @@ fn echo_pings(path: Option<&PathBuf>) -> Option<u64> {
 /// Fails when the URL is invalid.
 pub async fn run(args: IdleArgs) -> io::Result<()> {
     let target = Target::parse(&args.url)?;
-    let rss_before = args.proxy_pids.status_kib("VmRSS:").ok();
+    let watched = !args.proxy_pids.is_empty();
+    let rss_before = args
+        .proxy_pids
+        .status_kib("VmRSS:")
+        .ok()
+        .filter(|_| watched);
     let shared = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let t0 = Instant::now();
@@ -156,7 +161,7 @@ pub async fn run(args: IdleArgs) -> io::Result<()> {
     );
     let closed0 = shared.closed_by_peer.load(Ordering::Relaxed);
     tokio::time::sleep(args.hold).await;
-    let cpu = cpu.finish(&args.proxy_pids);
+    let cpu = cpu.finish(&args.proxy_pids).filter(|_| watched);
     let (pings1, up1) = (
         shared.pings.load(Ordering::Relaxed),
         echo_pings(args.echo_stats.as_ref()),
