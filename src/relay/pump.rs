@@ -106,7 +106,8 @@ impl Pump {
         Pump {
             from,
             buf: None,
-            prefix,
+            // An empty slice may still pin hyper's whole read buffer: keep none.
+            prefix: if prefix.is_empty() { Bytes::new() } else { prefix },
             wpos: 0,
             ppos: 0,
             end: 0,
@@ -206,7 +207,9 @@ impl Pump {
         };
         let n = space.len().min(prefix.len());
         space[..n].copy_from_slice(&prefix.split_to(n));
-        self.prefix = prefix;
+        if !prefix.is_empty() {
+            self.prefix = prefix;
+        }
         self.end += n;
         true
     }
