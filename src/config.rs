@@ -67,6 +67,9 @@ pub const DEFAULT_MAX_FRAME_SIZE_BYTES: u64 = 16 * MIB;
 /// Smallest `--max-frame-size`: 125 bytes is the largest control-frame payload (RFC 6455 5.5),
 /// so any lower limit would refuse legal Close and Ping frames.
 pub const MIN_FRAME_SIZE_BYTES: u64 = 125;
+/// Most relay threads accepted: far beyond any core count this runs on, low enough that a typo
+/// (`--worker-threads 4000`) is caught instead of starting thousands of threads.
+pub const MAX_WORKER_THREADS: usize = 256;
 /// Largest `--max-frame-size`: a frame this big can already cost a gigabyte of memory per
 /// session; anything above is almost certainly a unit mistake.
 pub const MAX_FRAME_SIZE_BYTES: u64 = GIB;
@@ -173,6 +176,15 @@ pub struct Cli {
     )]
     pub max_frame_size: String,
 
+    /// Threads that relay sessions, each with its own event loop; 0 means one per CPU.
+    #[arg(
+        long,
+        env = "WSBEAT_WORKER_THREADS",
+        value_name = "N",
+        default_value = "0"
+    )]
+    pub worker_threads: String,
+
     /// Forward the client's Host header instead of the upstream's authority.
     #[arg(long, env = "WSBEAT_PRESERVE_HOST", value_parser = BoolishValueParser::new())]
     pub preserve_host: bool,
@@ -244,6 +256,8 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Largest accepted frame payload, in bytes.
     pub max_frame_size: u64,
+    /// Relay threads (at least 1; `--worker-threads 0` is resolved to the CPU count).
+    pub worker_threads: usize,
     /// Log output format.
     pub log_format: LogFormat,
     /// tracing `EnvFilter` directive; already checked to parse.
@@ -311,6 +325,7 @@ impl Config {
             handshake_timeout: p.duration("--handshake-timeout", &cli.handshake_timeout),
             close_timeout: p.duration("--close-timeout", &cli.close_timeout),
             max_frame_size: p.size("--max-frame-size", &cli.max_frame_size),
+            worker_threads: p.threads("--worker-threads", &cli.worker_threads),
             log_format: cli.log_format,
             log_level: p.log_filter(&cli.log_level),
             demo: cli.demo.then_some(demo_listen),
@@ -448,7 +463,7 @@ impl Config {
              client_ping_interval={} client_pong_timeout={} \
              upstream_ping_interval={} upstream_pong_timeout={} upstream_tcp_user_timeout={} \
              connect_timeout={} handshake_timeout={} close_timeout={} max_frame_size={} \
-             log_format={} log_level={:?} demo={demo}",
+             worker_threads={} log_format={} log_level={:?} demo={demo}",
             self.listen,
             self.admin_listen,
             self.preserve_host,
@@ -461,6 +476,7 @@ impl Config {
             format_duration(self.handshake_timeout),
             format_duration(self.close_timeout),
             format_bytes(self.max_frame_size),
+            self.worker_threads,
             self.log_format.as_str(),
             self.log_level,
         )
@@ -504,6 +520,22 @@ impl Problems {
                 Duration::ZERO,
             )
         })
+    }
+
+    /// A thread count: 0 means one per CPU; more than [`MAX_WORKER_THREADS`] is refused.
+    fn threads(&mut self, flag: &'static str, raw: &str) -> usize {
+        match raw.trim().parse::<usize>() {
+            Ok(0) => std::thread::available_parallelism().map_or(1, usize::from),
+            Ok(n) if n <= MAX_WORKER_THREADS => n,
+            _ => self.fail(
+                flag,
+                format!(
+                    "{flag} {raw:?}: expected a whole number from 0 (one per CPU) to \
+                     {MAX_WORKER_THREADS}"
+                ),
+                1,
+            ),
+        }
     }
 
     fn size(&mut self, flag: &'static str, raw: &str) -> u64 {
@@ -786,6 +818,17 @@ mod tests {
     #[test]
     fn missing_upstream_suggests_demo() {
         assert_eq!(problems(""), ["--upstream is required (or try --demo)"]);
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_per_cpu_and_bad_counts_are_refused() {
+        assert!(config(UPSTREAM).unwrap().worker_threads >= 1);
+        let three = config(&format!("{UPSTREAM} --worker-threads 3")).unwrap();
+        assert_eq!(three.worker_threads, 3);
+        for bad in ["-1", "many", "257"] {
+            let found = problems(&format!("{UPSTREAM} --worker-threads={bad}"));
+            assert!(found[0].contains("--worker-threads"), "{bad}: {found:?}");
+        }
     }
 
     #[test]

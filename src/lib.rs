@@ -16,6 +16,7 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/connections` on a separate listener.
 //! - [`sessions`]: the live-session table behind `/connections`.
 //! - [`shutdown`]: SIGTERM/SIGINT future.
+//! - [`workers`]: relay threads, one event loop each; the accept loop spreads connections.
 //! - [`demo`]: a tiny legacy-style echo upstream that never answers pings (`--demo`, tests).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -32,6 +33,7 @@ pub mod relay;
 pub mod server;
 pub mod sessions;
 pub mod shutdown;
+pub mod workers;
 
 /// The two legs of a session: whoever connected to us, and the legacy backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -70,9 +70,11 @@ fn init_tracing(config: &Config) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!(e))
 }
 
-/// Builds the runtime and runs the proxy until the shutdown signal has been handled.
+/// Builds the runtime and runs the proxy until the shutdown signal has been handled. This
+/// thread only accepts connections and serves the admin endpoints; sessions run on
+/// `--worker-threads` relay threads of their own.
 fn run(config: Config) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?

@@ -25,6 +25,7 @@ use crate::handshake::Proxy;
 use crate::metrics::Metrics;
 use crate::net;
 use crate::sessions::Sessions;
+use crate::workers::Workers;
 
 /// First pause after a failed accept; doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -39,6 +40,14 @@ pub enum ServerError {
     /// The metrics registry could not be built.
     #[error("metrics setup failed: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The relay threads could not be started.
+    #[error("cannot start {threads} relay threads: {source}")]
+    Workers {
+        /// How many were asked for.
+        threads: usize,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Serves clients on `listener` and the admin endpoints on `admin` until `shutdown` completes,
@@ -53,6 +62,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new()?);
+    let threads = config.worker_threads;
+    let workers =
+        Workers::start(threads).map_err(|source| ServerError::Workers { threads, source })?;
     let cancel = CancellationToken::new();
     let live = Arc::new(Sessions::default());
     let state = Arc::new(AdminState::new(Arc::clone(&metrics), Arc::clone(&live)));
@@ -72,7 +84,7 @@ pub async fn run(
     });
     let connections = TaskTracker::new();
     tokio::select! {
-        () = accept_loop(&listener, &proxy, &connections) => {}
+        () = accept_loop(&listener, &proxy, &connections, &workers) => {}
         () = shutdown => tracing::info!("shutting down: closing sessions with 1001"),
     }
     drop(listener);
@@ -96,13 +108,18 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop(listener: &TcpListener, proxy: &Arc<Proxy>, connections: &TaskTracker) {
+async fn accept_loop(
+    listener: &TcpListener,
+    proxy: &Arc<Proxy>,
+    connections: &TaskTracker,
+    workers: &Workers,
+) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                connections.spawn(serve_connection(stream, peer, Arc::clone(proxy)));
+                hand_over(stream, peer, proxy, connections, workers);
             }
             Err(e) => {
                 tracing::warn!(error = %e, ?backoff, "accept failed; backing off");
@@ -111,6 +128,31 @@ async fn accept_loop(listener: &TcpListener, proxy: &Arc<Proxy>, connections: &T
             }
         }
     }
+}
+
+/// Moves an accepted connection to the next relay thread, where it is registered with that
+/// thread's event loop and served there.
+fn hand_over(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: &Arc<Proxy>,
+    connections: &TaskTracker,
+    workers: &Workers,
+) {
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot hand the connection to a relay thread");
+            return;
+        }
+    };
+    let proxy = Arc::clone(proxy);
+    workers.spawn(connections.track_future(async move {
+        match TcpStream::from_std(std_stream) {
+            Ok(stream) => serve_connection(stream, peer, proxy).await,
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection"),
+        }
+    }));
 }
 
 /// Serves HTTP/1.1 on one client connection until it upgrades, closes or the proxy shuts down.

@@ -107,7 +107,11 @@ impl Pump {
             from,
             buf: None,
             // An empty slice may still pin hyper's whole read buffer: keep none.
-            prefix: if prefix.is_empty() { Bytes::new() } else { prefix },
+            prefix: if prefix.is_empty() {
+                Bytes::new()
+            } else {
+                prefix
+            },
             wpos: 0,
             ppos: 0,
             end: 0,
