@@ -213,9 +213,33 @@ pub fn xor_keys(a: [u8; 4], b: [u8; 4]) -> [u8; 4] {
     [a[0] ^ b[0], a[1] ^ b[1], a[2] ^ b[2], a[3] ^ b[3]]
 }
 
-/// A fresh, unpredictable masking key (RFC 6455 5.3).
+/// Random bytes drawn from the thread's CSPRNG at a time, so a key costs an index bump
+/// instead of a generator call per frame (the 64-byte benchmark showed it).
+const MASK_POOL_BYTES: usize = 256;
+
+thread_local! {
+    static MASK_POOL: std::cell::RefCell<([u8; MASK_POOL_BYTES], usize)> =
+        const { std::cell::RefCell::new(([0; MASK_POOL_BYTES], MASK_POOL_BYTES)) };
+}
+
+/// A fresh, unpredictable masking key (RFC 6455 5.3), from `rand`'s cryptographically secure
+/// thread-local generator.
 pub fn random_mask() -> [u8; 4] {
-    rand::random()
+    MASK_POOL.with(|pool| {
+        let (bytes, next) = &mut *pool.borrow_mut();
+        if *next == MASK_POOL_BYTES {
+            rand::fill(&mut bytes[..]);
+            *next = 0;
+        }
+        let key = [
+            bytes[*next],
+            bytes[*next + 1],
+            bytes[*next + 2],
+            bytes[*next + 3],
+        ];
+        *next += 4;
+        key
+    })
 }
 
 /// Metric label for an opcode.
@@ -307,6 +331,16 @@ mod tests {
         }
         apply_mask(&mut masked, new, 0);
         assert_eq!(masked, data);
+    }
+
+    #[test]
+    fn masking_keys_differ_across_pool_refills() {
+        let keys: std::collections::HashSet<[u8; 4]> = (0..1000).map(|_| random_mask()).collect();
+        assert!(
+            keys.len() > 990,
+            "only {} distinct keys in 1000",
+            keys.len()
+        );
     }
 
     #[test]

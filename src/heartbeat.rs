@@ -86,14 +86,15 @@ impl Heartbeat {
         }
     }
 
-    /// Any frame arrived from the peer: it is alive.
-    pub fn on_activity(&mut self, _now: Instant) {
+    /// Any frame arrived from the peer: it is alive. No time is needed: liveness only clears
+    /// the pending expiry, so the relay can report it without reading the clock per read.
+    pub fn on_activity(&mut self) {
         self.awaiting_since = None;
     }
 
     /// A pong arrived. It also counts as activity.
     pub fn on_pong(&mut self, payload: &[u8], now: Instant) -> PongMatch {
-        self.on_activity(now);
+        self.on_activity();
         match (self.last_ping, parse_payload(payload)) {
             (Some((seq, sent)), Some(got)) if got == seq => {
                 self.last_ping = None;
@@ -281,7 +282,7 @@ mod tests {
         let t0 = Instant::now();
         let mut hb = Heartbeat::new(cfg(20, 20), t0);
         ping_payload(hb.handle_timeout(t0 + 20 * S));
-        hb.on_activity(t0 + 30 * S);
+        hb.on_activity();
         assert_eq!(
             hb.handle_timeout(t0 + 40 * S).map(|a| a == Action::Expire),
             Some(false)

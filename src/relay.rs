@@ -203,6 +203,8 @@ struct Shared<'a> {
     metrics: &'a Metrics,
     info: &'a SessionInfo,
     tally: &'a mut Tally,
+    /// Bytes read from each side during this wake-up, published once at its end.
+    received: &'a mut [u64; 2],
     outcome: &'a mut Option<Outcome>,
     closing: &'a mut bool,
 }
@@ -221,6 +223,7 @@ struct Session<C, U> {
     metrics: Arc<Metrics>,
     info: Arc<SessionInfo>,
     tally: Tally,
+    received: [u64; 2],
 }
 
 impl<C, U> Session<C, U>
@@ -261,6 +264,7 @@ where
             metrics,
             info,
             tally: Tally::default(),
+            received: [0; 2],
         }
     }
 
@@ -281,6 +285,15 @@ where
         }
         if self.tally.is_dirty() {
             self.metrics.flush(&mut self.tally);
+        }
+        if self.received != [0; 2] {
+            let now = Instant::now();
+            for side in Side::ALL {
+                let bytes = std::mem::take(&mut self.received[side.index()]);
+                if bytes > 0 {
+                    self.info.on_received(side, bytes, now);
+                }
+            }
         }
         if self.client.st.done() && self.upstream.st.done() {
             return Poll::Ready(self.finish());
@@ -313,6 +326,7 @@ where
             metrics: &self.metrics,
             info: &self.info,
             tally: &mut self.tally,
+            received: &mut self.received,
             outcome: &mut self.outcome,
             closing: &mut self.closing,
         };
@@ -463,7 +477,7 @@ where
             if from_pump.stalled {
                 // We stopped reading this leg because its bytes cannot be delivered; they are
                 // proof of life we have not looked at yet.
-                leg.hb.on_activity(now);
+                leg.hb.on_activity();
             }
             let action = leg.hb.handle_timeout(now);
             let next = leg.hb.poll_timeout();
