@@ -289,6 +289,7 @@ run_workload() { # workload target
             --conns 50 --rate 100 --size 64 --duration "$DURATION" --warmup "$WARMUP" ;;
         stream) timeout 180 "$BENCH" stream "${common[@]}" --frames "$STREAM_FRAMES" --frame-size 1MiB ;;
         idle) timeout "$IDLE_TIMEOUT" "$BENCH" idle "${common[@]}" --echo-stats "$ECHO_STATS" \
+            --echo-pids "$ECHO_PID" \
             --sessions "$IDLE_SESSIONS" --hold "$IDLE_HOLD" --settle "$IDLE_SETTLE" ;;
     esac
 }

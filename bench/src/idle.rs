@@ -40,6 +40,10 @@ pub struct IdleArgs {
     pub proxy_pids: Pids,
     /// Echo server stats file (for pings seen by the upstream).
     pub echo_stats: Option<PathBuf>,
+    /// Echo server processes: the CPU they spend per ping answered (one read, one write, the
+    /// same system calls a proxy needs per ping round trip) is what a ping costs on this
+    /// machine at the least, and is reported next to the proxy's figure.
+    pub echo_pids: Pids,
 }
 
 /// Counters shared by all sessions.
@@ -155,6 +159,7 @@ pub async fn run(args: IdleArgs) -> io::Result<()> {
     tokio::time::sleep(args.settle).await;
 
     let cpu = CpuWindow::start(&args.proxy_pids);
+    let echo_cpu = CpuWindow::start(&args.echo_pids);
     let (pings0, up0) = (
         shared.pings.load(Ordering::Relaxed),
         echo_pings(args.echo_stats.as_ref()),
@@ -162,6 +167,9 @@ pub async fn run(args: IdleArgs) -> io::Result<()> {
     let closed0 = shared.closed_by_peer.load(Ordering::Relaxed);
     tokio::time::sleep(args.hold).await;
     let cpu = cpu.finish(&args.proxy_pids).filter(|_| watched);
+    let echo_cpu = echo_cpu
+        .finish(&args.echo_pids)
+        .filter(|_| !args.echo_pids.is_empty());
     let (pings1, up1) = (
         shared.pings.load(Ordering::Relaxed),
         echo_pings(args.echo_stats.as_ref()),
@@ -204,6 +212,11 @@ pub async fn run(args: IdleArgs) -> io::Result<()> {
         if pings > 0.0 {
             r.num("proxy_cpu_us_per_ping", cpu * 1e6 / pings * (secs / wall));
         }
+    }
+    if let (Some((cpu, wall)), Some(up)) = (echo_cpu, upstream_pings)
+        && up > 0.0
+    {
+        r.num("echo_cpu_us_per_ping", cpu * 1e6 / up * (secs / wall));
     }
     if let Some(e) = first_error {
         r.text("first_error", &e);

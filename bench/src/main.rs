@@ -111,6 +111,9 @@ enum Cmd {
         /// Echo server stats file (for the pings the upstream received).
         #[arg(long)]
         echo_stats: Option<PathBuf>,
+        /// Echo server pids: its CPU per ping answered is the machine's floor for a ping.
+        #[arg(long, default_value = "")]
+        echo_pids: Pids,
     },
     /// Send one fragmented message and receive it back.
     Stream {
@@ -265,6 +268,7 @@ async fn dispatch(cmd: Cmd) -> std::io::Result<()> {
             hold,
             proxy_pids,
             echo_stats,
+            echo_pids,
         } => {
             idle::run(idle::IdleArgs {
                 url,
@@ -274,6 +278,7 @@ async fn dispatch(cmd: Cmd) -> std::io::Result<()> {
                 hold,
                 proxy_pids,
                 echo_stats,
+                echo_pids,
             })
             .await
         }

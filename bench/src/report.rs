@@ -51,6 +51,11 @@ const ROWS: &[(&str, &str, &str)] = &[
     ),
     (
         "idle",
+        "echo_cpu_us_per_ping",
+        "idle: echo upstream CPU µs per ping answered (the machine's floor)",
+    ),
+    (
+        "idle",
         "client_pings_per_session_s",
         "idle: pings/s per session at clients",
     ),
