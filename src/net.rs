@@ -196,3 +196,43 @@ impl AsyncWrite for Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The options that let a vanished upstream be detected are really on the socket.
+    #[tokio::test]
+    async fn upstream_sockets_get_user_timeout_keepalive_and_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stream = dial("127.0.0.1", port, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let sock = SockRef::from(&stream);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(30))
+        );
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert!(stream.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn zero_user_timeout_leaves_the_kernel_default() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stream = dial("127.0.0.1", port, Duration::ZERO).await.unwrap();
+        assert_eq!(SockRef::from(&stream).tcp_user_timeout().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn refused_upstream_maps_to_its_metric_label() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let refused = dial("127.0.0.1", port, Duration::ZERO).await.unwrap_err();
+        assert_eq!(refused.kind(), ConnectError::Refused);
+    }
+}
