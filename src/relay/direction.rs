@@ -150,16 +150,7 @@ where
             pump.release_if_empty();
             Ok(NOTHING_READ)
         }
-        Poll::Ready(Ok(())) if rb.filled().is_empty() => {
-            pump.release_if_empty();
-            if src.st.got_close {
-                src.st.read_done = true;
-                pump.source_gone();
-                Ok(0)
-            } else {
-                Err(Event::Lost(src.st.side))
-            }
-        }
+        Poll::Ready(Ok(())) if rb.filled().is_empty() => read_ended(&mut src.st, pump),
         Poll::Ready(Ok(())) => {
             let n = rb.filled().len();
             pump.filled(n);
@@ -167,15 +158,21 @@ where
         }
         Poll::Ready(Err(e)) => {
             tracing::debug!(side = src.st.side.as_str(), error = %e, "read failed");
-            if src.st.got_close {
-                src.st.read_done = true;
-                pump.source_gone();
-                Ok(0)
-            } else {
-                Err(Event::Lost(src.st.side))
-            }
+            read_ended(&mut src.st, pump)
         }
     }
+}
+
+/// The source's read side ended (EOF or error): normal after its close frame, otherwise the
+/// connection was lost.
+fn read_ended(src: &mut LegState, pump: &mut Pump) -> Result<usize, Event> {
+    pump.release_if_empty();
+    if !src.got_close {
+        return Err(Event::Lost(src.side));
+    }
+    src.read_done = true;
+    pump.source_gone();
+    Ok(0)
 }
 
 /// Parses everything buffered from `src`, acting on control frames.
