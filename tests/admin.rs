@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::net::TcpListener;
 
 async fn get(admin: std::net::SocketAddr, target: &str) -> (u16, Vec<u8>) {
     let req = format!("GET {target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
@@ -21,10 +20,7 @@ async fn connections(admin: std::net::SocketAddr, query: &str) -> Value {
 }
 
 async fn demo_upstream() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(wsbeat::demo::serve(listener));
-    format!("ws://{addr}")
+    format!("ws://{}", spawn_demo_upstream().await)
 }
 
 /// Three sessions: the listing is newest first, capped by `limit`, and shows per-leg liveness

@@ -9,10 +9,9 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio_tungstenite::tungstenite::Message;
 
 fn wsbeat() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsbeat"));
@@ -126,13 +125,7 @@ async fn demo_quick_start_echoes_and_stops_cleanly_on_sigterm() {
     let (mut ws, _) = ws_connect(format!("ws://{addr}/demo")).await;
     // The demo upstream never answers the proxy's pings; the session lives on regardless.
     stay_quiet_for(&mut ws, Duration::from_millis(500)).await;
-    within(STEP, "send", ws.send(Message::text("quick start")))
-        .await
-        .expect("send");
-    assert_eq!(
-        next_message(&mut ws, STEP).await,
-        Message::text("quick start")
-    );
+    assert_echo(&mut ws, "quick start").await;
 
     let pid = child.id().expect("pid").to_string();
     let kill = Command::new("kill")

@@ -19,14 +19,11 @@ use std::time::Duration;
 
 use common::prom::{Scrape, metric};
 use common::*;
-use futures_util::SinkExt;
 use promql_parser::label::MatchOp;
 use promql_parser::parser::{self, Expr, VectorSelector};
 use promql_parser::util::{ExprVisitor, walk_expr};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
 
 const DASHBOARD: &str = "grafana/wsbeat.json";
 const RULES: &str = "deploy/prometheus/wsbeat-rules.yaml";
@@ -268,21 +265,17 @@ fn label_problems(vs: &VectorSelector, name: &str, scrape: &Scrape) -> Vec<Strin
 
 /// Starts the demo upstream and a proxy in front of it, with fast client pings.
 async fn proxy_to_demo() -> TestProxy {
-    let listener = within(STEP, "bind demo", TcpListener::bind("127.0.0.1:0"))
-        .await
-        .expect("bind demo upstream");
-    let url = format!("ws://{}", listener.local_addr().expect("local addr"));
-    tokio::spawn(wsbeat::demo::serve(listener));
-    spawn_proxy(&[
-        "--upstream",
-        &url,
-        "--client-ping-interval",
-        "50ms",
-        "--client-pong-timeout",
-        "2s",
-        "--upstream-ping-interval",
-        "50ms",
-    ])
+    spawn_proxy_to(
+        spawn_demo_upstream().await,
+        &[
+            "--client-ping-interval",
+            "50ms",
+            "--client-pong-timeout",
+            "2s",
+            "--upstream-ping-interval",
+            "50ms",
+        ],
+    )
     .await
 }
 
@@ -292,10 +285,7 @@ async fn scrape_after_traffic() -> Scrape {
     let proxy = proxy_to_demo().await;
     let (mut ws, _) = ws_connect(proxy.ws_url("/chat")).await;
     for text in ["hello", "wsbeat"] {
-        within(STEP, "send", ws.send(Message::text(text)))
-            .await
-            .expect("send");
-        assert_eq!(next_message(&mut ws, STEP).await, Message::text(text));
+        assert_echo(&mut ws, text).await;
     }
     // Reading answers the proxy's pings; at 50 ms a few arrive in 300 ms.
     stay_quiet_for(&mut ws, Duration::from_millis(300)).await;

@@ -20,8 +20,7 @@ async fn python_websockets_client_and_server_negotiate_deflate_through_the_proxy
     let server = spawn_py_deflate_server(&python).await;
     // A counting pass-through between proxy and upstream shows what crossed the upstream leg.
     let counter = spawn_tcp_relay(server.addr, None).await;
-    let url = format!("ws://{}", counter.addr);
-    let proxy = spawn_proxy(&["--upstream", &url]).await;
+    let proxy = spawn_proxy_to(counter.addr, &[]).await;
 
     let report = run_py_deflate_client(&python, &proxy.ws_url("/deflate")).await;
     eprintln!("python report: {report}");
@@ -65,8 +64,7 @@ async fn python_websockets_client_and_server_negotiate_deflate_through_the_proxy
 async fn compressed_frames_with_rsv1_cross_unchanged_when_deflate_is_negotiated() {
     let mut upstream =
         spawn_raw_upstream(UpstreamReply::accept_extensions("permessage-deflate")).await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&["--upstream", &url]).await;
+    let proxy = spawn_proxy_to(upstream.addr, &[]).await;
     let offer = "permessage-deflate; client_max_window_bits";
     let mut client = raw_connect(proxy.addr, "/", &[("Sec-WebSocket-Extensions", offer)]).await;
     assert_eq!(
@@ -92,33 +90,7 @@ async fn compressed_frames_with_rsv1_cross_unchanged_when_deflate_is_negotiated(
         RawFrame::continuation(&hello[3..]),
     ];
     for f in &frames {
-        client.ws.must_send(f.clone()).await;
-        let got = conn.ws.recv_within(STEP).await;
-        assert_eq!(
-            (
-                got.opcode,
-                got.fin,
-                got.rsv1,
-                got.rsv2,
-                got.rsv3,
-                &got.payload
-            ),
-            (f.opcode, f.fin, f.rsv1, false, false, &f.payload),
-            "client→upstream"
-        );
-        conn.ws.must_send(f.clone()).await;
-        let got = client.ws.recv_within(STEP).await;
-        assert_eq!(
-            (
-                got.opcode,
-                got.fin,
-                got.rsv1,
-                got.rsv2,
-                got.rsv3,
-                &got.payload
-            ),
-            (f.opcode, f.fin, f.rsv1, false, false, &f.payload),
-            "upstream→client"
-        );
+        assert_crosses_unchanged(&mut client.ws, &mut conn.ws, f, "client→upstream").await;
+        assert_crosses_unchanged(&mut conn.ws, &mut client.ws, f, "upstream→client").await;
     }
 }

@@ -38,13 +38,7 @@ async fn faye_echo_through_the_proxy_survives_silence_thanks_to_upstream_pings()
     }
     // Silent for more than twice thin's inactivity timeout.
     stay_quiet_for(&mut ws, Duration::from_millis(2500 * THIN_IDLE_SECS)).await;
-    within(STEP, "send", ws.send(Message::text("still alive")))
-        .await
-        .expect("send");
-    assert_eq!(
-        next_message(&mut ws, STEP).await,
-        Message::text("still alive")
-    );
+    assert_echo(&mut ws, "still alive").await;
 }
 
 /// Control: the same silence without upstream pings is cut by thin, and the client learns it
@@ -58,10 +52,7 @@ async fn control_faye_session_without_upstream_pings_is_cut_by_thin_and_client_g
     let url = format!("ws://{}", faye.addr);
     let proxy = spawn_proxy(&["--upstream", &url, "--upstream-ping-interval", "0"]).await;
     let (mut ws, _) = ws_connect(proxy.ws_url("/")).await;
-    within(STEP, "send", ws.send(Message::text("hi")))
-        .await
-        .expect("send");
-    assert_eq!(next_message(&mut ws, STEP).await, Message::text("hi"));
+    assert_echo(&mut ws, "hi").await;
 
     let close = expect_client_close(&mut ws, Duration::from_secs(5))
         .await

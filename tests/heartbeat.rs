@@ -24,22 +24,47 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// Logs how long detecting the dead `side` took, against its ping interval and pong timeout.
+fn report_detection(side: &str, detected: Duration, interval: Duration, pong_timeout: Duration) {
+    eprintln!(
+        "dead {side} detected after {detected:?} (ping interval {interval:?} + pong timeout {pong_timeout:?})"
+    );
+}
+
+/// A dead `side` must be declared no earlier than its pong timeout and no later than ping
+/// interval + pong timeout + `DETECTION_MARGIN`.
+fn assert_detected_in_window(
+    side: &str,
+    detected: Duration,
+    interval: Duration,
+    pong_timeout: Duration,
+) {
+    assert!(
+        detected >= pong_timeout,
+        "declared dead too early: {detected:?}"
+    );
+    assert!(
+        detected <= interval + pong_timeout + DETECTION_MARGIN,
+        "dead {side} detected only after {detected:?}"
+    );
+}
+
 #[tokio::test]
 async fn silent_client_is_declared_dead_within_ping_interval_plus_pong_timeout_and_upstream_gets_1001()
  {
     let (interval, pong_timeout) = (ms(100), ms(200));
     let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&[
-        "--upstream",
-        &url,
-        "--client-ping-interval",
-        "100ms",
-        "--client-pong-timeout",
-        "200ms",
-        "--upstream-ping-interval",
-        "0",
-    ])
+    let proxy = spawn_proxy_to(
+        upstream.addr,
+        &[
+            "--client-ping-interval",
+            "100ms",
+            "--client-pong-timeout",
+            "200ms",
+            "--upstream-ping-interval",
+            "0",
+        ],
+    )
     .await;
     // Completes the handshake, then never reads nor answers.
     let mut client = raw_connect(proxy.addr, "/", &[]).await;
@@ -48,21 +73,12 @@ async fn silent_client_is_declared_dead_within_ping_interval_plus_pong_timeout_a
 
     let close = conn.ws.expect_close(STEP).await;
     let detected = started.elapsed();
-    eprintln!(
-        "dead client detected after {detected:?} (ping interval {interval:?} + pong timeout {pong_timeout:?})"
-    );
+    report_detection("client", detected, interval, pong_timeout);
     assert_eq!(
         (close.close_code(), close.close_reason().as_str()),
         (Some(1001), "client timed out")
     );
-    assert!(
-        detected >= pong_timeout,
-        "declared dead too early: {detected:?}"
-    );
-    assert!(
-        detected <= interval + pong_timeout + DETECTION_MARGIN,
-        "dead client detected only after {detected:?}"
-    );
+    assert_detected_in_window("client", detected, interval, pong_timeout);
     // The dead leg is dropped at once: its socket ends (after the pings it never read).
     client.ws.expect_end(STEP).await;
 }
@@ -70,15 +86,15 @@ async fn silent_client_is_declared_dead_within_ping_interval_plus_pong_timeout_a
 #[tokio::test]
 async fn client_that_answers_pings_is_kept_alive_across_many_intervals() {
     let upstream = spawn_echo_upstream(EchoOptions::default()).await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&[
-        "--upstream",
-        &url,
-        "--client-ping-interval",
-        "50ms",
-        "--client-pong-timeout",
-        "100ms",
-    ])
+    let proxy = spawn_proxy_to(
+        upstream.addr,
+        &[
+            "--client-ping-interval",
+            "50ms",
+            "--client-pong-timeout",
+            "100ms",
+        ],
+    )
     .await;
     let (mut ws, _) = ws_connect(proxy.ws_url("/")).await;
     let pings = stay_quiet_for(&mut ws, Duration::from_secs(1)).await;
@@ -87,24 +103,14 @@ async fn client_that_answers_pings_is_kept_alive_across_many_intervals() {
         pings >= 5,
         "expected the proxy to ping every 50 ms, saw {pings} pings in 1 s"
     );
-    within(STEP, "send", ws.send(Message::text("still here")))
-        .await
-        .expect("send");
-    assert_eq!(
-        next_message(&mut ws, STEP).await,
-        Message::text("still here")
-    );
+    assert_echo(&mut ws, "still here").await;
 }
 
 /// "Any frame received from a side proves it alive": a client that never pongs but keeps
 /// sending data is not declared dead.
 #[tokio::test]
 async fn client_that_sends_data_but_never_pongs_is_not_declared_dead() {
-    let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&[
-        "--upstream",
-        &url,
+    let (_proxy, mut client, mut conn) = raw_session(&[
         "--client-ping-interval",
         "50ms",
         "--client-pong-timeout",
@@ -113,8 +119,6 @@ async fn client_that_sends_data_but_never_pongs_is_not_declared_dead() {
         "0",
     ])
     .await;
-    let mut client = raw_connect(proxy.addr, "/", &[]).await;
-    let mut conn = upstream.accept(STEP).await;
     // Pace the data at the ping interval; the connection must survive 1 s of this.
     let mut pace = tokio::time::interval(ms(50));
     for i in 0..20u8 {
@@ -132,8 +136,7 @@ async fn client_that_sends_data_but_never_pongs_is_not_declared_dead() {
 #[tokio::test]
 async fn upstream_that_never_pongs_survives_many_intervals_with_default_pong_timeout() {
     let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&["--upstream", &url, "--upstream-ping-interval", "50ms"]).await;
+    let proxy = spawn_proxy_to(upstream.addr, &["--upstream-ping-interval", "50ms"]).await;
     let (mut ws, _) = ws_connect(proxy.ws_url("/")).await;
     let mut conn = upstream.accept(STEP).await;
 
@@ -172,37 +175,26 @@ async fn upstream_that_never_pongs_survives_many_intervals_with_default_pong_tim
 
 #[tokio::test]
 async fn demo_upstream_never_pongs_yet_the_session_survives_with_default_pong_timeout() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind demo");
-    let demo_addr = listener.local_addr().expect("addr");
-    tokio::spawn(wsbeat::demo::serve(listener));
-    let url = format!("ws://{demo_addr}");
-    let proxy = spawn_proxy(&["--upstream", &url, "--upstream-ping-interval", "50ms"]).await;
+    let demo_addr = spawn_demo_upstream().await;
+    let proxy = spawn_proxy_to(demo_addr, &["--upstream-ping-interval", "50ms"]).await;
     let (mut ws, _) = ws_connect(proxy.ws_url("/")).await;
     stay_quiet_for(&mut ws, Duration::from_secs(1)).await;
-    within(STEP, "send", ws.send(Message::text("demo echo")))
-        .await
-        .expect("send");
-    assert_eq!(
-        next_message(&mut ws, STEP).await,
-        Message::text("demo echo")
-    );
+    assert_echo(&mut ws, "demo echo").await;
 }
 
 #[tokio::test]
 async fn explicit_upstream_pong_timeout_kills_a_silent_upstream_and_client_gets_1011() {
     let (interval, pong_timeout) = (ms(100), ms(200));
     let mut silent = spawn_silent_upstream().await;
-    let url = format!("ws://{}", silent.addr);
-    let proxy = spawn_proxy(&[
-        "--upstream",
-        &url,
-        "--upstream-ping-interval",
-        "100ms",
-        "--upstream-pong-timeout",
-        "200ms",
-    ])
+    let proxy = spawn_proxy_to(
+        silent.addr,
+        &[
+            "--upstream-ping-interval",
+            "100ms",
+            "--upstream-pong-timeout",
+            "200ms",
+        ],
+    )
     .await;
     let (mut ws, _) = ws_connect(proxy.ws_url("/")).await;
     let started = Instant::now();
@@ -212,31 +204,18 @@ async fn explicit_upstream_pong_timeout_kills_a_silent_upstream_and_client_gets_
         .await
         .expect("close frame with a code");
     let detected = started.elapsed();
-    eprintln!(
-        "dead upstream detected after {detected:?} (ping interval {interval:?} + pong timeout {pong_timeout:?})"
-    );
+    report_detection("upstream", detected, interval, pong_timeout);
     assert_eq!(
         (u16::from(close.code), close.reason.as_str()),
         (1011, "upstream timed out")
     );
-    assert!(
-        detected >= pong_timeout,
-        "declared dead too early: {detected:?}"
-    );
-    assert!(
-        detected <= interval + pong_timeout + DETECTION_MARGIN,
-        "dead upstream detected only after {detected:?}"
-    );
+    assert_detected_in_window("upstream", detected, interval, pong_timeout);
 }
 
 #[tokio::test]
 async fn client_pings_are_answered_with_identical_payload_and_never_forwarded() {
     // The raw upstream never answers a ping; the proxy must answer the client itself.
-    let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&["--upstream", &url, "--upstream-ping-interval", "0"]).await;
-    let mut client = raw_connect(proxy.addr, "/", &[]).await;
-    let mut conn = upstream.accept(STEP).await;
+    let (_proxy, mut client, mut conn) = raw_session(&["--upstream-ping-interval", "0"]).await;
 
     let payloads: [&[u8]; 4] = [b"", b"client-ping-1", &[0u8, 255, 7, 128], &[b'x'; 125]];
     for payload in payloads {
@@ -245,35 +224,19 @@ async fn client_pings_are_answered_with_identical_payload_and_never_forwarded() 
         assert_eq!(pong.opcode, OP_PONG, "expected a pong, got {pong:?}");
         assert_eq!(pong.payload, payload, "pong payload must equal the ping's");
     }
-    client
-        .ws
-        .must_send(RawFrame::pong(b"unsolicited".to_vec()))
-        .await;
-    client.ws.must_send(RawFrame::text("marker")).await;
     // Frames keep their order, so a forwarded ping or pong would arrive before the marker.
-    let first = conn.ws.recv_within(STEP).await;
-    assert_eq!(
-        (first.opcode, first.payload.as_slice()),
-        (OP_TEXT, &b"marker"[..]),
-        "the upstream received a client control frame: {first:?}"
-    );
+    assert_marker_arrives_first(
+        &mut client.ws,
+        &mut conn.ws,
+        "the upstream received a client control frame",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn upstream_pings_are_answered_by_the_proxy_and_never_forwarded_to_the_client() {
-    let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&[
-        "--upstream",
-        &url,
-        "--client-ping-interval",
-        "0",
-        "--client-pong-timeout",
-        "0",
-    ])
-    .await;
-    let mut client = raw_connect(proxy.addr, "/", &[]).await;
-    let mut conn = upstream.accept(STEP).await;
+    let (_proxy, mut client, mut conn) =
+        raw_session(&["--client-ping-interval", "0", "--client-pong-timeout", "0"]).await;
 
     for payload in [&b"upstream-ping"[..], b"", b"\x01\x02"] {
         conn.ws.must_send(RawFrame::ping(payload.to_vec())).await;
@@ -284,22 +247,17 @@ async fn upstream_pings_are_answered_by_the_proxy_and_never_forwarded_to_the_cli
             "got {pong:?}"
         );
     }
-    conn.ws
-        .must_send(RawFrame::pong(b"unsolicited".to_vec()))
-        .await;
-    conn.ws.must_send(RawFrame::text("marker")).await;
-    let first = client.ws.recv_within(STEP).await;
-    assert_eq!(
-        (first.opcode, first.payload.as_slice()),
-        (OP_TEXT, &b"marker"[..]),
-        "the client received an upstream control frame: {first:?}"
-    );
+    assert_marker_arrives_first(
+        &mut conn.ws,
+        &mut client.ws,
+        "the client received an upstream control frame",
+    )
+    .await;
 }
 
-/// Proxy flags for the load-balancer tests: pings every 100 ms on both legs, or all off.
-fn lb_flags(upstream: &str, pings: bool) -> Vec<String> {
-    let mut args = vec!["--upstream".to_string(), format!("ws://{upstream}")];
-    let timers: &[&str] = if pings {
+/// Timer flags for the load-balancer tests: pings every 100 ms on both legs, or all off.
+fn lb_timers(pings: bool) -> &'static [&'static str] {
+    if pings {
         &[
             "--client-ping-interval",
             "100ms",
@@ -309,22 +267,8 @@ fn lb_flags(upstream: &str, pings: bool) -> Vec<String> {
             "100ms",
         ]
     } else {
-        &[
-            "--client-ping-interval",
-            "0",
-            "--client-pong-timeout",
-            "0",
-            "--upstream-ping-interval",
-            "0",
-        ]
-    };
-    args.extend(timers.iter().map(|s| s.to_string()));
-    args
-}
-
-async fn spawn_proxy_owned(args: &[String]) -> TestProxy {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    spawn_proxy(&args).await
+        &NO_PINGS
+    }
 }
 
 const LB_IDLE: Duration = Duration::from_millis(300);
@@ -334,7 +278,7 @@ const SILENCE: Duration = Duration::from_secs(2);
 async fn idle_cutting_relays_on_both_legs_do_not_cut_a_silent_session_when_pings_run_every_100ms() {
     let mut upstream = spawn_echo_upstream(EchoOptions::default()).await;
     let relay_upstream = spawn_tcp_relay(upstream.addr, Some(LB_IDLE)).await;
-    let proxy = spawn_proxy_owned(&lb_flags(&relay_upstream.addr.to_string(), true)).await;
+    let proxy = spawn_proxy_to(relay_upstream.addr, lb_timers(true)).await;
     let relay_client = spawn_tcp_relay(proxy.addr, Some(LB_IDLE)).await;
 
     let (mut ws, _) = ws_connect(format!("ws://{}/quiet", relay_client.addr)).await;
@@ -354,13 +298,7 @@ async fn idle_cutting_relays_on_both_legs_do_not_cut_a_silent_session_when_pings
         "upstream-side relay cut the session"
     );
 
-    within(STEP, "send", ws.send(Message::text("still connected")))
-        .await
-        .expect("send");
-    assert_eq!(
-        next_message(&mut ws, STEP).await,
-        Message::text("still connected")
-    );
+    assert_echo(&mut ws, "still connected").await;
 }
 
 /// Control for the test above: with pings off, the same client-side relay does cut the
@@ -368,7 +306,7 @@ async fn idle_cutting_relays_on_both_legs_do_not_cut_a_silent_session_when_pings
 #[tokio::test]
 async fn control_idle_cutting_relay_before_the_proxy_cuts_a_silent_session_without_pings() {
     let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
-    let proxy = spawn_proxy_owned(&lb_flags(&upstream.addr.to_string(), false)).await;
+    let proxy = spawn_proxy_to(upstream.addr, lb_timers(false)).await;
     let mut relay_client = spawn_tcp_relay(proxy.addr, Some(LB_IDLE)).await;
     let (mut ws, _) = ws_connect(format!("ws://{}/quiet", relay_client.addr)).await;
     let mut conn = upstream.accept(STEP).await;
@@ -397,7 +335,7 @@ async fn control_idle_cutting_relay_before_the_proxy_cuts_a_silent_session_witho
 async fn control_idle_cutting_relay_before_the_upstream_cuts_a_silent_session_without_pings() {
     let upstream = spawn_echo_upstream(EchoOptions::default()).await;
     let mut relay_upstream = spawn_tcp_relay(upstream.addr, Some(LB_IDLE)).await;
-    let proxy = spawn_proxy_owned(&lb_flags(&relay_upstream.addr.to_string(), false)).await;
+    let proxy = spawn_proxy_to(relay_upstream.addr, lb_timers(false)).await;
     let (mut ws, _) = ws_connect(proxy.ws_url("/quiet")).await;
 
     relay_upstream.wait_for_cuts(1, SILENCE).await;

@@ -20,16 +20,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// Heartbeats off on both legs, for scenarios that count frames exactly.
-const NO_PINGS: [&str; 6] = [
-    "--client-ping-interval",
-    "0",
-    "--client-pong-timeout",
-    "0",
-    "--upstream-ping-interval",
-    "0",
-];
-
 /// Every `result` of `connections_total`.
 const RESULTS: [&str; 5] = [
     "upgraded",
@@ -39,22 +29,9 @@ const RESULTS: [&str; 5] = [
     "bad_request",
 ];
 
-/// Starts `wsbeat::demo::serve` (an echo upstream that never answers pings) on port 0.
-async fn spawn_demo_upstream() -> SocketAddr {
-    let listener = within(STEP, "bind demo", TcpListener::bind("127.0.0.1:0"))
-        .await
-        .expect("bind demo upstream");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(wsbeat::demo::serve(listener));
-    addr
-}
-
 /// A proxy in front of a fresh demo upstream, with `extra` flags.
 async fn proxy_to_demo(extra: &[&str]) -> TestProxy {
-    let url = format!("ws://{}", spawn_demo_upstream().await);
-    let mut args = vec!["--upstream", url.as_str()];
-    args.extend_from_slice(extra);
-    spawn_proxy(&args).await
+    spawn_proxy_to(spawn_demo_upstream().await, extra).await
 }
 
 /// An address where nothing listens: bound to learn a free port, then closed.
@@ -191,8 +168,7 @@ async fn client_close_1000_is_one_normal_client_close() {
 /// `upstream_unreachable` and the connect error as `refused`.
 #[tokio::test]
 async fn refused_upstream_is_one_unreachable_result_and_one_refused_connect_error() {
-    let url = format!("ws://{}", refused_addr().await);
-    let proxy = spawn_proxy(&["--upstream", &url]).await;
+    let proxy = spawn_proxy_to(refused_addr().await, &[]).await;
     let attempt = raw_upgrade(proxy.addr, "/", &[]).await;
     assert_eq!(attempt.response.status(), 502, "{:?}", attempt.response);
 
@@ -226,8 +202,7 @@ async fn upstream_403_is_one_rejected_by_upstream_result() {
         body: b"no\n".to_vec(),
     })
     .await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&["--upstream", &url]).await;
+    let proxy = spawn_proxy_to(upstream.addr, &[]).await;
     let attempt = raw_upgrade(proxy.addr, "/", &[]).await;
     assert_eq!(attempt.response.status(), 403, "{:?}", attempt.response);
 
@@ -315,19 +290,19 @@ async fn n_text_messages_each_way_are_n_messages_and_n_text_frames_each_way() {
 #[tokio::test]
 async fn answered_pings_feed_pongs_received_and_the_rtt_histogram() {
     let upstream = spawn_echo_upstream(EchoOptions::default()).await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&[
-        "--upstream",
-        &url,
-        "--client-ping-interval",
-        "50ms",
-        "--client-pong-timeout",
-        "2s",
-        "--upstream-ping-interval",
-        "50ms",
-        "--upstream-pong-timeout",
-        "2s",
-    ])
+    let proxy = spawn_proxy_to(
+        upstream.addr,
+        &[
+            "--client-ping-interval",
+            "50ms",
+            "--client-pong-timeout",
+            "2s",
+            "--upstream-ping-interval",
+            "50ms",
+            "--upstream-pong-timeout",
+            "2s",
+        ],
+    )
     .await;
     let (ws, _) = ws_connect(proxy.ws_url("/")).await;
     let (mut sink, mut stream) = ws.split();

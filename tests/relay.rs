@@ -15,35 +15,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// Flags that switch every heartbeat off, so tests that compare exact frame sequences see no
-/// proxy pings.
-const NO_PINGS: [&str; 6] = [
-    "--client-ping-interval",
-    "0",
-    "--client-pong-timeout",
-    "0",
-    "--upstream-ping-interval",
-    "0",
-];
-
 /// Proxy in front of a raw upstream with heartbeats off; returns both ends of one session.
-async fn raw_session(extra: &[&str]) -> (TestProxy, RawUpgrade, RawUpstreamConn) {
-    let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
-    let url = format!("ws://{}", upstream.addr);
-    let mut args = vec!["--upstream", url.as_str()];
-    args.extend_from_slice(&NO_PINGS);
-    args.extend_from_slice(extra);
-    let proxy = spawn_proxy(&args).await;
-    let client = raw_connect(proxy.addr, "/", &[]).await;
-    let conn = upstream.accept(STEP).await;
-    (proxy, client, conn)
+async fn quiet_raw_session(extra: &[&str]) -> (TestProxy, RawUpgrade, RawUpstreamConn) {
+    raw_session(&[&NO_PINGS[..], extra].concat()).await
 }
 
 #[tokio::test]
 async fn text_binary_empty_and_1mib_messages_echo_intact_both_ways() {
     let mut upstream = spawn_echo_upstream(EchoOptions::default()).await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&["--upstream", &url]).await;
+    let proxy = spawn_proxy_to(upstream.addr, &[]).await;
     let (mut ws, _) = ws_connect(proxy.ws_url("/echo")).await;
 
     let big_text: String = (0..(1 << 20))
@@ -77,7 +57,7 @@ async fn text_binary_empty_and_1mib_messages_echo_intact_both_ways() {
 
 #[tokio::test]
 async fn fragmented_client_message_reaches_upstream_frame_by_frame_with_pings_between() {
-    let (_proxy, mut client, mut upstream) = raw_session(&[]).await;
+    let (_proxy, mut client, mut upstream) = quiet_raw_session(&[]).await;
     let sent = [
         RawFrame::text("frag-one ").with_fin(false),
         RawFrame::continuation(b"frag-two ".to_vec()).with_fin(false),
@@ -113,7 +93,7 @@ async fn fragmented_client_message_reaches_upstream_frame_by_frame_with_pings_be
 
 #[tokio::test]
 async fn fragmented_upstream_message_reaches_client_frame_by_frame() {
-    let (_proxy, mut client, mut upstream) = raw_session(&[]).await;
+    let (_proxy, mut client, mut upstream) = quiet_raw_session(&[]).await;
     let sent = [
         RawFrame::binary(pattern(300)).with_fin(false),
         RawFrame::continuation(Vec::new()).with_fin(false),
@@ -137,7 +117,7 @@ async fn fragmented_upstream_message_reaches_client_frame_by_frame() {
 
 #[tokio::test]
 async fn client_frames_are_remasked_with_fresh_keys_and_upstream_frames_arrive_unmasked() {
-    let (_proxy, mut client, mut upstream) = raw_session(&[]).await;
+    let (_proxy, mut client, mut upstream) = quiet_raw_session(&[]).await;
     let client_key = [0x01, 0x02, 0x03, 0x04];
     let mut upstream_keys = Vec::new();
     for i in 0..8u8 {
@@ -175,7 +155,7 @@ async fn client_frames_are_remasked_with_fresh_keys_and_upstream_frames_arrive_u
 
 #[tokio::test]
 async fn one_mib_frames_pass_both_ways_as_single_frames() {
-    let (_proxy, mut client, mut upstream) = raw_session(&[]).await;
+    let (_proxy, mut client, mut upstream) = quiet_raw_session(&[]).await;
     let up = pattern(1 << 20);
     client.ws.must_send(RawFrame::binary(up.clone())).await;
     let got = upstream.ws.recv_within(STEP).await;
@@ -198,10 +178,7 @@ async fn rsv_bits_of_a_negotiated_extension_are_relayed_unchanged_both_ways() {
     // The proxy does not understand extensions; whatever the two ends negotiated, the RSV bits
     // of each frame must cross untouched.
     let mut upstream = spawn_raw_upstream(UpstreamReply::accept_extensions("x-test-ext")).await;
-    let url = format!("ws://{}", upstream.addr);
-    let mut args = vec!["--upstream", url.as_str()];
-    args.extend_from_slice(&NO_PINGS);
-    let proxy = spawn_proxy(&args).await;
+    let proxy = spawn_proxy_to(upstream.addr, &NO_PINGS).await;
     let mut client = raw_connect(
         proxy.addr,
         "/",
@@ -243,7 +220,7 @@ async fn rsv_bits_of_a_negotiated_extension_are_relayed_unchanged_both_ways() {
 #[tokio::test]
 async fn client_close_code_and_reason_reach_upstream_and_its_reply_reaches_the_client() {
     for (code, reason) in [(1000, "normal bye"), (4000, "client says bye"), (4999, "")] {
-        let (_proxy, mut client, mut upstream) = raw_session(&[]).await;
+        let (_proxy, mut client, mut upstream) = quiet_raw_session(&[]).await;
         client.ws.must_send(RawFrame::close(code, reason)).await;
         let got = upstream.ws.expect_close(STEP).await;
         assert_eq!(
@@ -269,7 +246,7 @@ async fn upstream_close_code_and_reason_reach_the_client_and_its_reply_reaches_u
         (4500, "upstream says bye"),
         (4001, "x"),
     ] {
-        let (_proxy, mut client, mut upstream) = raw_session(&[]).await;
+        let (_proxy, mut client, mut upstream) = quiet_raw_session(&[]).await;
         upstream.ws.must_send(RawFrame::close(code, reason)).await;
         let got = client.ws.expect_close(STEP).await;
         assert_eq!(
@@ -287,8 +264,7 @@ async fn upstream_close_code_and_reason_reach_the_client_and_its_reply_reaches_u
 #[tokio::test]
 async fn tungstenite_close_handshake_completes_through_the_proxy() {
     let mut upstream = spawn_echo_upstream(EchoOptions::default()).await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&["--upstream", &url]).await;
+    let proxy = spawn_proxy_to(upstream.addr, &[]).await;
     let (mut ws, _) = ws_connect(proxy.ws_url("/")).await;
     let frame = CloseFrame {
         code: CloseCode::from(4321),
@@ -304,7 +280,7 @@ async fn tungstenite_close_handshake_completes_through_the_proxy() {
 
 #[tokio::test]
 async fn client_tcp_drop_without_close_sends_upstream_1001_client_connection_lost() {
-    let (_proxy, client, mut upstream) = raw_session(&[]).await;
+    let (_proxy, client, mut upstream) = quiet_raw_session(&[]).await;
     drop(client);
     let got = upstream.ws.expect_close(STEP).await;
     assert_eq!(
@@ -315,7 +291,7 @@ async fn client_tcp_drop_without_close_sends_upstream_1001_client_connection_los
 
 #[tokio::test]
 async fn upstream_tcp_drop_without_close_sends_client_1011_upstream_connection_lost() {
-    let (_proxy, mut client, upstream) = raw_session(&[]).await;
+    let (_proxy, mut client, upstream) = quiet_raw_session(&[]).await;
     drop(upstream);
     let got = client.ws.expect_close(STEP).await;
     assert_eq!(
@@ -326,7 +302,7 @@ async fn upstream_tcp_drop_without_close_sends_client_1011_upstream_connection_l
 
 #[tokio::test]
 async fn oversized_client_frame_is_refused_with_1009_to_the_client() {
-    let (_proxy, mut client, mut upstream) = raw_session(&["--max-frame-size", "1024"]).await;
+    let (_proxy, mut client, mut upstream) = quiet_raw_session(&["--max-frame-size", "1024"]).await;
     client.ws.must_send(RawFrame::binary(pattern(1024))).await;
     let got = upstream.ws.recv_within(STEP).await;
     assert_eq!(got.payload.len(), 1024, "a frame at the limit passes");
@@ -337,7 +313,7 @@ async fn oversized_client_frame_is_refused_with_1009_to_the_client() {
 
 #[tokio::test]
 async fn oversized_upstream_frame_is_refused_with_1009_to_the_upstream() {
-    let (_proxy, mut client, mut upstream) = raw_session(&["--max-frame-size", "1024"]).await;
+    let (_proxy, mut client, mut upstream) = quiet_raw_session(&["--max-frame-size", "1024"]).await;
     upstream.ws.must_send(RawFrame::binary(pattern(1024))).await;
     let got = client.ws.recv_within(STEP).await;
     assert_eq!(got.payload.len(), 1024, "a frame at the limit passes");
@@ -348,7 +324,7 @@ async fn oversized_upstream_frame_is_refused_with_1009_to_the_upstream() {
 
 #[tokio::test]
 async fn unmasked_client_frame_is_refused_with_1002() {
-    let (_proxy, mut client, _upstream) = raw_session(&[]).await;
+    let (_proxy, mut client, _upstream) = quiet_raw_session(&[]).await;
     client
         .ws
         .send_exact(&RawFrame::text("not masked"))
@@ -360,7 +336,7 @@ async fn unmasked_client_frame_is_refused_with_1002() {
 
 #[tokio::test]
 async fn masked_upstream_frame_is_refused_with_1002() {
-    let (_proxy, _client, mut upstream) = raw_session(&[]).await;
+    let (_proxy, _client, mut upstream) = quiet_raw_session(&[]).await;
     let masked = RawFrame::text("masked from server").with_mask([9, 8, 7, 6]);
     upstream.ws.send_exact(&masked).await.expect("send");
     let got = upstream.ws.expect_close(STEP).await;
@@ -373,17 +349,17 @@ async fn masked_upstream_frame_is_refused_with_1002() {
 #[tokio::test]
 async fn slow_upstream_reader_stalls_the_client_writer_and_client_pings_continue() {
     let mut silent = spawn_silent_upstream().await;
-    let url = format!("ws://{}", silent.addr);
-    let proxy = spawn_proxy(&[
-        "--upstream",
-        &url,
-        "--client-ping-interval",
-        "100ms",
-        "--client-pong-timeout",
-        "10s",
-        "--upstream-ping-interval",
-        "0",
-    ])
+    let proxy = spawn_proxy_to(
+        silent.addr,
+        &[
+            "--client-ping-interval",
+            "100ms",
+            "--client-pong-timeout",
+            "10s",
+            "--upstream-ping-interval",
+            "0",
+        ],
+    )
     .await;
     let client = raw_connect(proxy.addr, "/", &[]).await;
     within(STEP, "upstream handshake", silent.handshakes.recv()).await;
@@ -425,7 +401,7 @@ async fn slow_upstream_reader_stalls_the_client_writer_and_client_pings_continue
 
 #[tokio::test]
 async fn close_without_a_reply_ends_both_legs_after_the_close_timeout() {
-    let (_proxy, mut client, mut upstream) = raw_session(&["--close-timeout", "200ms"]).await;
+    let (_proxy, mut client, mut upstream) = quiet_raw_session(&["--close-timeout", "200ms"]).await;
     client.ws.must_send(RawFrame::close(1000, "bye")).await;
     let got = upstream.ws.expect_close(STEP).await;
     assert_eq!(got.close_code(), Some(1000));
@@ -447,8 +423,7 @@ async fn close_without_a_reply_ends_both_legs_after_the_close_timeout() {
 #[tokio::test]
 async fn hundred_mib_message_streams_through_with_pings_between_fragments() {
     let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
-    let url = format!("ws://{}", upstream.addr);
-    let proxy = spawn_proxy(&["--upstream", &url, "--upstream-ping-interval", "10ms"]).await;
+    let proxy = spawn_proxy_to(upstream.addr, &["--upstream-ping-interval", "10ms"]).await;
     let client = raw_connect(proxy.addr, "/", &[]).await;
     let mut conn = upstream.accept(STEP).await;
     const FRAGMENTS: usize = 100;

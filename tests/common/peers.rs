@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::within;
+use super::{STEP, within};
 
 /// A handshake request as the upstream saw it.
 #[derive(Clone, Debug)]
@@ -217,6 +217,14 @@ pub async fn next_message(ws: &mut WsClient, d: Duration) -> Message {
     within(d, "a message at the client", fut).await
 }
 
+/// Sends `text` from the client and asserts that the same text comes back within `STEP`.
+pub async fn assert_echo(ws: &mut WsClient, text: &str) {
+    within(STEP, "send", ws.send(Message::text(text)))
+        .await
+        .expect("send");
+    assert_eq!(next_message(ws, STEP).await, Message::text(text));
+}
+
 /// Reads for `d`, answering pings, and panics if anything other than a ping or pong arrives or
 /// the connection ends. Returns how many pings the client received meanwhile.
 pub async fn stay_quiet_for(ws: &mut WsClient, d: Duration) -> usize {
@@ -238,6 +246,16 @@ pub async fn expect_client_close(ws: &mut WsClient, d: Duration) -> Option<Close
         Message::Close(f) => f,
         other => panic!("expected a close at the client, got {other:?}"),
     }
+}
+
+/// Starts `wsbeat::demo::serve` (an echo upstream that never answers pings) on port 0.
+pub async fn spawn_demo_upstream() -> SocketAddr {
+    let listener = within(STEP, "bind demo", TcpListener::bind("127.0.0.1:0"))
+        .await
+        .expect("bind demo upstream");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(wsbeat::demo::serve(listener));
+    addr
 }
 
 /// Counters and events of one TCP relay.

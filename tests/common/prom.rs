@@ -35,12 +35,8 @@ pub struct Sample {
 
 impl fmt::Display for Sample {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let labels: Vec<String> = self
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v:?}"))
-            .collect();
-        write!(f, "{}{{{}}} {}", self.name, labels.join(","), self.value)
+        let labels = format_labels(&self.labels);
+        write!(f, "{}{{{labels}}} {}", self.name, self.value)
     }
 }
 
@@ -276,13 +272,18 @@ impl MetricMatch {
 
 impl fmt::Display for MetricMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let labels: Vec<String> = self
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v:?}"))
-            .collect();
-        write!(f, "{}{{{}}}", self.name, labels.join(","))
+        let labels = format_labels(self.labels.iter().map(|(k, v)| (k, v)));
+        write!(f, "{}{{{labels}}}", self.name)
     }
+}
+
+/// `k="v"` pairs joined by commas, as a series is written between braces in failure messages.
+fn format_labels<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    let labels: Vec<String> = labels
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect();
+    labels.join(",")
 }
 
 fn candidates(scrape: &Scrape, name: &str) -> String {

@@ -69,3 +69,21 @@ pub async fn spawn_proxy(args: &[&str]) -> TestProxy {
         task,
     }
 }
+
+/// Starts the proxy with `--upstream ws://{upstream}` followed by `extra` flags.
+pub async fn spawn_proxy_to(upstream: SocketAddr, extra: &[&str]) -> TestProxy {
+    let url = format!("ws://{upstream}");
+    let mut args = vec!["--upstream", url.as_str()];
+    args.extend_from_slice(extra);
+    spawn_proxy(&args).await
+}
+
+/// Heartbeats off on both legs, for scenarios that count frames exactly.
+pub const NO_PINGS: [&str; 6] = [
+    "--client-ping-interval",
+    "0",
+    "--client-pong-timeout",
+    "0",
+    "--upstream-ping-interval",
+    "0",
+];

@@ -11,8 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use super::frame::{OP_CLOSE, OP_PING, OP_PONG, RawFrame, next_mask_key, read_frame, write_frame};
-use super::within;
+use super::frame::{
+    OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawFrame, next_mask_key, read_frame, write_frame,
+};
+use super::proxy::{TestProxy, spawn_proxy_to};
+use super::{STEP, within};
 
 /// Upper bound on a head line and on the number of header lines, so a broken peer cannot make a
 /// test read forever.
@@ -260,6 +263,45 @@ impl RawWs {
     }
 }
 
+/// Sends `f` from `from` and asserts that `to` receives it within `STEP` with the same opcode,
+/// FIN, RSV1 and payload, and RSV2/RSV3 clear; `direction` names the leg in the failure message.
+pub async fn assert_crosses_unchanged(
+    from: &mut RawWs,
+    to: &mut RawWs,
+    f: &RawFrame,
+    direction: &str,
+) {
+    from.must_send(f.clone()).await;
+    let got = to.recv_within(STEP).await;
+    assert_eq!(
+        (
+            got.opcode,
+            got.fin,
+            got.rsv1,
+            got.rsv2,
+            got.rsv3,
+            &got.payload
+        ),
+        (f.opcode, f.fin, f.rsv1, false, false, &f.payload),
+        "{direction}"
+    );
+}
+
+/// Sends an unsolicited pong and then a text "marker" from `from`, and asserts that the first
+/// frame `to` receives within `STEP` is the marker: frames keep their order, so a forwarded
+/// control frame would arrive before it. `what` starts the failure message.
+pub async fn assert_marker_arrives_first(from: &mut RawWs, to: &mut RawWs, what: &str) {
+    from.must_send(RawFrame::pong(b"unsolicited".to_vec()))
+        .await;
+    from.must_send(RawFrame::text("marker")).await;
+    let first = to.recv_within(STEP).await;
+    assert_eq!(
+        (first.opcode, first.payload.as_slice()),
+        (OP_TEXT, &b"marker"[..]),
+        "{what}: {first:?}"
+    );
+}
+
 /// A random-looking `Sec-WebSocket-Key` (16 bytes, base64).
 pub fn new_ws_key() -> String {
     tokio_tungstenite::tungstenite::handshake::client::generate_key()
@@ -475,6 +517,17 @@ impl RawUpstream {
     pub async fn try_accept(&mut self, d: Duration) -> Option<RawUpstreamConn> {
         timeout(d, self.conns.recv()).await.ok().flatten()
     }
+}
+
+/// A proxy in front of a raw upstream that accepts, started with `extra` flags after
+/// `--upstream`, with one raw client session through it: the client's upgrade and the
+/// upstream's end of the same session.
+pub async fn raw_session(extra: &[&str]) -> (TestProxy, RawUpgrade, RawUpstreamConn) {
+    let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
+    let proxy = spawn_proxy_to(upstream.addr, extra).await;
+    let client = raw_connect(proxy.addr, "/", &[]).await;
+    let conn = upstream.accept(STEP).await;
+    (proxy, client, conn)
 }
 
 pub async fn spawn_raw_upstream(reply: UpstreamReply) -> RawUpstream {
