@@ -2,9 +2,9 @@
 //! (our control frames only at frame boundaries), read from the source, parse, and act on the
 //! control frames found. The session in the parent module decides what events mean.
 
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -64,37 +64,11 @@ where
             dst.io = None;
             return Ok(true);
         }
-        let at_boundary = pump.out_until_boundary() == 0;
         queue_close_when_drained(&mut dst.st, pump);
-        let ctrl_first = at_boundary && !dst.st.pending_ctrl().is_empty();
-        let limit = usize::try_from(pump.out_until_boundary()).unwrap_or(usize::MAX);
-        let data = pump.output();
-        let data = if !dst.st.pending_ctrl().is_empty() && !at_boundary {
-            &data[..data.len().min(limit)]
-        } else {
-            data
-        };
-        if !ctrl_first && data.is_empty() {
-            break;
-        }
-        let result = if ctrl_first {
-            let bufs = [IoSlice::new(dst.st.pending_ctrl()), IoSlice::new(data)];
-            Pin::new(&mut *io).poll_write_vectored(cx, &bufs)
-        } else {
-            Pin::new(&mut *io).poll_write(cx, data)
-        };
-        match result {
-            Poll::Pending => break,
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Event::Lost(dst.st.side)),
-            Poll::Ready(Ok(mut n)) => {
-                progress = true;
-                if ctrl_first {
-                    let c = n.min(dst.st.pending_ctrl().len());
-                    dst.st.ctrl_written(c);
-                    n -= c;
-                }
-                pump.consumed(n);
-            }
+        match write_once(io, &mut dst.st, pump, cx) {
+            Poll::Ready(Ok(true)) => progress = true,
+            Poll::Ready(Ok(false)) | Poll::Pending => break,
+            Poll::Ready(Err(_)) => return Err(Event::Lost(dst.st.side)),
         }
     }
     if pump.close_forwarded && pump.is_drained() && !dst.st.sent_close {
@@ -108,6 +82,49 @@ where
         }
     }
     Ok(progress)
+}
+
+/// One write to `io`: our control frames first when the stream is at a frame boundary (they
+/// may not go inside a frame), together with relayed output; while control frames wait, output
+/// only up to the next boundary. `Ok(false)`: nothing to write.
+fn write_once<B>(
+    io: &mut B,
+    leg: &mut LegState,
+    pump: &mut Pump,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<bool>>
+where
+    B: AsyncWrite + Unpin,
+{
+    let to_boundary = pump.out_until_boundary();
+    let ctrl_waiting = !leg.pending_ctrl().is_empty();
+    let ctrl_first = ctrl_waiting && to_boundary == 0;
+    let mut data = pump.output();
+    if ctrl_waiting && to_boundary > 0 {
+        data = &data[..data
+            .len()
+            .min(usize::try_from(to_boundary).unwrap_or(usize::MAX))];
+    }
+    if !ctrl_first && data.is_empty() {
+        return Poll::Ready(Ok(false));
+    }
+    let written = if ctrl_first {
+        let bufs = [IoSlice::new(leg.pending_ctrl()), IoSlice::new(data)];
+        ready!(Pin::new(io).poll_write_vectored(cx, &bufs))?
+    } else {
+        ready!(Pin::new(io).poll_write(cx, data))?
+    };
+    if written == 0 {
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    }
+    let mut n = written;
+    if ctrl_first {
+        let c = n.min(leg.pending_ctrl().len());
+        leg.ctrl_written(c);
+        n -= c;
+    }
+    pump.consumed(n);
+    Poll::Ready(Ok(true))
 }
 
 /// Returned by [`poll_read_in`] when nothing happened.
