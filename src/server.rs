@@ -74,11 +74,10 @@ pub async fn run(
         Arc::clone(&state),
         admin_cancel.clone(),
     ));
-    let close_timeout = config.close_timeout;
     let proxy = Arc::new(Proxy {
         config,
         metrics,
-        cancel: cancel.clone(),
+        cancel,
         tasks: TaskTracker::new(),
         live,
     });
@@ -88,11 +87,20 @@ pub async fn run(
         () = shutdown => tracing::info!("shutting down: closing sessions with 1001"),
     }
     drop(listener);
+    drain(&state, &proxy, &connections, workers).await;
+    admin_cancel.cancel();
+    Ok(())
+}
+
+/// Shutdown after the accept loop stopped: readiness off, every session told 1001 (the
+/// relay's cancel path), then a bounded wait for connections and sessions to finish, and the
+/// relay threads stopped (dropping whatever was still running on them).
+async fn drain(state: &AdminState, proxy: &Proxy, connections: &TaskTracker, workers: Workers) {
     state.set_ready(false);
-    cancel.cancel();
+    proxy.cancel.cancel();
     connections.close();
     proxy.tasks.close();
-    let deadline = close_timeout + SHUTDOWN_SLACK;
+    let deadline = proxy.config.close_timeout + SHUTDOWN_SLACK;
     let drained = tokio::time::timeout(deadline, async {
         connections.wait().await;
         proxy.tasks.wait().await;
@@ -104,8 +112,7 @@ pub async fn run(
             "sessions still open at the shutdown deadline; dropping them"
         );
     }
-    admin_cancel.cancel();
-    Ok(())
+    workers.stop().await;
 }
 
 async fn accept_loop(
