@@ -156,40 +156,37 @@ impl Proxy {
     /// Handles a WebSocket upgrade: validate, forward, answer, and start the session.
     async fn upgrade(
         self: &Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        started: Instant,
+    ) -> Result<Response<ProxyBody>, HandshakeError> {
+        let result = self.try_upgrade(req, client, started).await;
+        if let Err(e) = &result {
+            self.metrics.connection(e.connection_result());
+        }
+        result
+    }
+
+    async fn try_upgrade(
+        self: &Arc<Self>,
         mut req: Request<Incoming>,
         client: SocketAddr,
         started: Instant,
     ) -> Result<Response<ProxyBody>, HandshakeError> {
-        let client_key = match validate_upgrade(&req) {
-            Ok(key) => key,
-            Err(e) => {
-                self.metrics.connection(e.connection_result());
-                return Err(e);
-            }
-        };
+        let client_key = validate_upgrade(&req)?;
         let client_upgrade = hyper::upgrade::on(&mut req);
         let key = generate_key();
         let upstream_req = self.upstream_upgrade_request(&req, client, &key);
-        let mut resp = match self.exchange(upstream_req).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                self.metrics.connection(e.connection_result());
-                return Err(e);
-            }
-        };
+        let mut resp = self.exchange(upstream_req).await?;
+        let path = req.uri().path().to_owned();
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             self.metrics
                 .connection(ConnectionResult::RejectedByUpstream);
-            tracing::info!(%client, path = req.uri().path(), status = resp.status().as_u16(), "upstream refused the upgrade");
+            let status = resp.status().as_u16();
+            tracing::info!(%client, path, status, "upstream refused the upgrade");
             return Ok(relay_response(resp));
         }
-        let accept_ok = resp
-            .headers()
-            .get(header::SEC_WEBSOCKET_ACCEPT)
-            .is_some_and(|v| v.as_bytes() == derive_accept_key(key.as_bytes()).as_bytes());
-        if !accept_ok {
-            self.metrics
-                .connection(ConnectionResult::UpstreamUnreachable);
+        if !accepts_key(resp.headers(), &key) {
             return Err(HandshakeError::BadAccept);
         }
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -202,7 +199,6 @@ impl Proxy {
         self.metrics
             .handshake_duration
             .observe(started.elapsed().as_secs_f64());
-        let path = req.uri().path().to_owned();
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
             this.session(client_upgrade, upstream_upgrade, client, path, extensions)
@@ -413,6 +409,13 @@ fn validate_upgrade(req: &Request<Incoming>) -> Result<HeaderValue, HandshakeErr
         ));
     }
     Ok(key.clone())
+}
+
+/// Whether the upstream's `Sec-WebSocket-Accept` answers the key we sent (RFC 6455 4.1).
+fn accepts_key(headers: &HeaderMap, key: &str) -> bool {
+    headers
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|v| v.as_bytes() == derive_accept_key(key.as_bytes()).as_bytes())
 }
 
 /// A key is 16 random bytes in base64: 22 alphabet characters and `==`.
