@@ -113,7 +113,6 @@ where
 struct LegState {
     side: Side,
     hb: Heartbeat,
-    timer: Pin<Box<Sleep>>,
     /// Encoded pings and pongs waiting to be written to this leg.
     ctrl: Vec<u8>,
     ctrl_pos: usize,
@@ -131,12 +130,9 @@ struct LegState {
 
 impl LegState {
     fn new(side: Side, cfg: HeartbeatConfig, now: Instant) -> Self {
-        let hb = Heartbeat::new(cfg, now);
-        let timer = Box::pin(tokio::time::sleep_until(hb.poll_timeout()));
         LegState {
             side,
-            hb,
-            timer,
+            hb: Heartbeat::new(cfg, now),
             ctrl: Vec::new(),
             ctrl_pos: 0,
             close_out: None,
@@ -215,6 +211,10 @@ struct Session<C, U> {
     c2u: Pump,
     u2c: Pump,
     cfg: RelayConfig,
+    /// One timer for both legs, armed for the earlier of their heartbeat deadlines.
+    timer: Pin<Box<Sleep>>,
+    /// The timer was polled since it was last armed, so it will wake this task when due.
+    timer_registered: bool,
     cancel: Pin<Box<WaitForCancellationFutureOwned>>,
     cancelled: bool,
     closing: bool,
@@ -256,6 +256,8 @@ where
             c2u,
             u2c,
             cfg,
+            timer: Box::pin(tokio::time::sleep_until(now)),
+            timer_registered: false,
             cancel: Box::pin(cancel.cancelled_owned()),
             cancelled: false,
             closing: false,
@@ -446,53 +448,70 @@ where
         }
     }
 
-    /// Fires due heartbeat timers: sends pings, declares silent peers dead.
+    /// Fires due heartbeats: sends pings, declares silent peers dead.
+    ///
+    /// The timer is only polled when it fired or was re-armed: polling it on every wake-up
+    /// would register the waker again for each batch of frames.
     fn poll_heartbeats(&mut self, cx: &mut Context<'_>) {
-        for side in Side::ALL {
-            if self.poll_heartbeat(side, cx) {
-                self.metrics.peer_timeouts[side.index()].inc();
-                tracing::info!(
-                    side = side.as_str(),
-                    "peer stayed silent past its pong timeout"
-                );
-                self.record(
-                    Initiator::Proxy,
-                    CloseReason::Timeout,
-                    None,
-                    timeout_reason(side).1,
-                );
-                self.kill(side, timeout_reason(side));
+        if self.timer_registered && !self.timer.is_elapsed() {
+            return;
+        }
+        while !self.closing {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                self.timer_registered = true;
+                return;
             }
+            let now = Instant::now();
+            for side in Side::ALL {
+                if self.on_heartbeat_due(side, now) {
+                    self.on_peer_timeout(side);
+                }
+            }
+            let next = [&self.client.st, &self.upstream.st]
+                .iter()
+                .filter(|leg| !leg.dead)
+                .map(|leg| leg.hb.poll_timeout())
+                .min()
+                .unwrap_or(now);
+            self.timer.as_mut().reset(next);
         }
     }
 
-    /// Handles `side`'s timer until it is pending again; true if the peer expired.
-    fn poll_heartbeat(&mut self, side: Side, cx: &mut Context<'_>) -> bool {
+    /// Lets `side`'s heartbeat act at `now`; true if the peer expired.
+    fn on_heartbeat_due(&mut self, side: Side, now: Instant) -> bool {
         let (leg, from_pump) = match side {
             Side::Client => (&mut self.client.st, &self.c2u),
             Side::Upstream => (&mut self.upstream.st, &self.u2c),
         };
-        while !leg.dead && !self.closing && leg.timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            if from_pump.stalled {
-                // We stopped reading this leg because its bytes cannot be delivered; they are
-                // proof of life we have not looked at yet.
-                leg.hb.on_activity();
-            }
-            let action = leg.hb.handle_timeout(now);
-            let next = leg.hb.poll_timeout();
-            leg.timer.as_mut().reset(next);
-            match action {
-                Some(Action::SendPing(payload)) => {
-                    leg.queue_control(frame::OP_PING, &payload);
-                    self.metrics.pings_sent[side.index()].inc();
-                    self.info.on_ping(side);
-                }
-                Some(Action::Expire) => return true,
-                None => {}
-            }
+        if leg.dead {
+            return false;
         }
-        false
+        if from_pump.stalled {
+            // We stopped reading this leg because its bytes cannot be delivered; they are
+            // proof of life we have not looked at yet.
+            leg.hb.on_activity();
+        }
+        match leg.hb.handle_timeout(now) {
+            Some(Action::SendPing(payload)) => {
+                leg.queue_control(frame::OP_PING, &payload);
+                self.metrics.pings_sent[side.index()].inc();
+                self.info.on_ping(side);
+                false
+            }
+            Some(Action::Expire) => true,
+            None => false,
+        }
+    }
+
+    fn on_peer_timeout(&mut self, side: Side) {
+        self.metrics.peer_timeouts[side.index()].inc();
+        tracing::info!(
+            side = side.as_str(),
+            "peer stayed silent past its pong timeout"
+        );
+        let why = timeout_reason(side);
+        self.record(Initiator::Proxy, CloseReason::Timeout, None, why.1);
+        self.kill(side, why);
     }
 
     /// Shuts down the write side of the legs still open, briefly, then drops them.
