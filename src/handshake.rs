@@ -25,7 +25,6 @@ use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -33,6 +32,7 @@ use crate::metrics::{ConnectError, ConnectionResult, Metrics, SessionGuard};
 use crate::net::{self, Conn, DialError};
 use crate::relay::{self, Peer, RelayConfig, SessionContext};
 use crate::sessions::Sessions;
+use crate::shutdown::Drain;
 
 /// Body of every response the proxy sends: the upstream's streamed body, or a short text.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -113,8 +113,8 @@ pub struct Proxy {
     pub config: Config,
     /// Metrics of this proxy instance.
     pub metrics: Arc<Metrics>,
-    /// Cancelled when the proxy shuts down; sessions then close with 1001.
-    pub cancel: CancellationToken,
+    /// Started when the proxy shuts down; sessions then close with 1001.
+    pub drain: Arc<Drain>,
     /// Tracks upgraded sessions so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Live sessions, for `/connections`.
@@ -239,7 +239,7 @@ impl Proxy {
             },
             SessionContext {
                 cfg: self.relay_config(),
-                cancel: self.cancel.child_token(),
+                drain: Arc::clone(&self.drain),
                 metrics: Arc::clone(&self.metrics),
                 info: Arc::clone(registration.info()),
                 extensions,

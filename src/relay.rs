@@ -31,13 +31,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::Side;
 use crate::frame::{self, close_code};
 use crate::heartbeat::{Action, Heartbeat, HeartbeatConfig};
 use crate::metrics::{CloseReason, Initiator, Metrics, Tally};
 use crate::sessions::SessionInfo;
+use crate::shutdown::Drain;
 use pump::{Pump, Violation};
 
 /// Control bytes queued for one leg beyond which we stop reading its pings: a peer that floods
@@ -86,8 +87,8 @@ pub struct Outcome {
 pub struct SessionContext {
     /// Settings.
     pub cfg: RelayConfig,
-    /// Cancelled when the proxy shuts down: both legs then get close 1001.
-    pub cancel: CancellationToken,
+    /// Started when the proxy shuts down: both legs then get close 1001.
+    pub drain: Arc<Drain>,
     /// Where counters go.
     pub metrics: Arc<Metrics>,
     /// This session's entry in `/connections`.
@@ -215,7 +216,11 @@ struct Session<C, U> {
     timer: Pin<Box<Sleep>>,
     /// The timer was polled since it was last armed, so it will wake this task when due.
     timer_registered: bool,
-    cancel: Pin<Box<WaitForCancellationFutureOwned>>,
+    drain: Arc<Drain>,
+    /// Wakes this task when the drain starts; polled once to register, then only when the
+    /// drain flag says it is ready.
+    drain_wait: Pin<Box<WaitForCancellationFutureOwned>>,
+    drain_registered: bool,
     cancelled: bool,
     closing: bool,
     close_deadline: Option<Pin<Box<Sleep>>>,
@@ -234,7 +239,7 @@ where
     fn new(client: Peer<C>, upstream: Peer<U>, ctx: SessionContext) -> Self {
         let SessionContext {
             cfg,
-            cancel,
+            drain,
             metrics,
             info,
             extensions,
@@ -258,7 +263,9 @@ where
             cfg,
             timer: Box::pin(tokio::time::sleep_until(now)),
             timer_registered: false,
-            cancel: Box::pin(cancel.cancelled_owned()),
+            drain_wait: Box::pin(drain.token().clone().cancelled_owned()),
+            drain,
+            drain_registered: false,
             cancelled: false,
             closing: false,
             close_deadline: None,
@@ -272,9 +279,12 @@ where
 
     /// Drives everything that is ready; completes when both legs are done.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        if !self.cancelled && self.cancel.as_mut().poll(cx).is_ready() {
-            self.cancelled = true;
-            self.on_shutdown();
+        if !self.cancelled && (!self.drain_registered || self.drain.is_started()) {
+            self.drain_registered = true;
+            if self.drain_wait.as_mut().poll(cx).is_ready() {
+                self.cancelled = true;
+                self.on_shutdown();
+            }
         }
         self.poll_heartbeats(cx);
         let mut rounds = 0;

@@ -25,6 +25,7 @@ use crate::handshake::Proxy;
 use crate::metrics::Metrics;
 use crate::net;
 use crate::sessions::Sessions;
+use crate::shutdown::Drain;
 use crate::workers::Workers;
 
 /// First pause after a failed accept; doubles up to [`ACCEPT_BACKOFF_MAX`].
@@ -65,7 +66,6 @@ pub async fn run(
     let threads = config.worker_threads;
     let workers =
         Workers::start(threads).map_err(|source| ServerError::Workers { threads, source })?;
-    let cancel = CancellationToken::new();
     let live = Arc::new(Sessions::default());
     let state = Arc::new(AdminState::new(Arc::clone(&metrics), Arc::clone(&live)));
     let admin_cancel = CancellationToken::new();
@@ -77,7 +77,7 @@ pub async fn run(
     let proxy = Arc::new(Proxy {
         config,
         metrics,
-        cancel,
+        drain: Arc::new(Drain::default()),
         tasks: TaskTracker::new(),
         live,
     });
@@ -97,7 +97,7 @@ pub async fn run(
 /// relay threads stopped (dropping whatever was still running on them).
 async fn drain(state: &AdminState, proxy: &Proxy, connections: &TaskTracker, workers: Workers) {
     state.set_ready(false);
-    proxy.cancel.cancel();
+    proxy.drain.start();
     connections.close();
     proxy.tasks.close();
     let deadline = proxy.config.close_timeout + SHUTDOWN_SLACK;
@@ -167,7 +167,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>
     if let Err(e) = net::configure_client(&stream) {
         tracing::debug!(%peer, error = %e, "could not set client socket options");
     }
-    let cancel = proxy.cancel.clone();
+    let drain = Arc::clone(&proxy.drain);
     let handshake_timeout = proxy.config.handshake_timeout;
     let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, peer));
     let conn = http1::Builder::new()
@@ -178,7 +178,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        () = cancel.cancelled() => {
+        () = drain.token().cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

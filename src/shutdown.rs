@@ -50,3 +50,31 @@ async fn ctrl_c() {
         }
     }
 }
+
+/// The proxy-wide order to close every session: a flag that the relay can check on every
+/// wake-up for the price of one atomic load, and a token whose future wakes the sessions that
+/// are asleep. (Polling a cancellation future on every wake-up takes a lock each time.)
+#[derive(Debug, Default)]
+pub struct Drain {
+    started: std::sync::atomic::AtomicBool,
+    token: tokio_util::sync::CancellationToken,
+}
+
+impl Drain {
+    /// Orders every session to close; the flag is set before anyone is woken.
+    pub fn start(&self) {
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// True once [`Drain::start`] was called.
+    pub fn is_started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The token, for tasks that simply wait for the drain.
+    pub fn token(&self) -> &tokio_util::sync::CancellationToken {
+        &self.token
+    }
+}

@@ -22,7 +22,7 @@ struct Harness {
     client: DuplexStream,
     /// The test's end of the upstream leg.
     upstream: DuplexStream,
-    cancel: CancellationToken,
+    drain: Arc<crate::shutdown::Drain>,
     metrics: Arc<Metrics>,
 }
 
@@ -46,13 +46,13 @@ fn start(cfg: RelayConfig, capacity: usize) -> Harness {
     let (client, proxy_client) = tokio::io::duplex(capacity);
     let (upstream, proxy_upstream) = tokio::io::duplex(capacity);
     let metrics = Arc::new(Metrics::new().unwrap());
-    let cancel = CancellationToken::new();
+    let drain = Arc::new(crate::shutdown::Drain::default());
     let sessions = Arc::new(Sessions::default());
     let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let registration = sessions.register(addr, "/".into());
     let ctx = SessionContext {
         cfg,
-        cancel: cancel.clone(),
+        drain: Arc::clone(&drain),
         metrics: Arc::clone(&metrics),
         info: Arc::clone(registration.info()),
         extensions: false,
@@ -76,7 +76,7 @@ fn start(cfg: RelayConfig, capacity: usize) -> Harness {
         relay,
         client,
         upstream,
-        cancel,
+        drain,
         metrics,
     }
 }
@@ -333,7 +333,7 @@ async fn shutdown_sends_1001_to_both_sides() {
     let h = start(cfg((0, 0), (0, 0)), 64 * 1024);
     let mut client = ws(h.client, Role::Client).await;
     let mut upstream = ws(h.upstream, Role::Server).await;
-    h.cancel.cancel();
+    h.drain.start();
     assert_eq!(
         close_of(next(&mut client).await),
         (1001, "proxy shutting down".into())
