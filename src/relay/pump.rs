@@ -87,8 +87,13 @@ pub struct Pump {
     /// XOR key turning the source's masking into ours (all zero when nothing changes).
     in_mask: [u8; 4],
     in_off: usize,
-    /// Bytes left until the next frame boundary in the output stream (0: at a boundary).
-    out_left: u64,
+    /// Output bytes written so far: the stream offset of `wpos`.
+    written: u64,
+    /// Stream offsets where the latest relayed frame starts and ends. Frames are contiguous in
+    /// the output, so both are boundaries; no older boundary needs remembering (see
+    /// [`Pump::out_until_boundary`]).
+    last_start: u64,
+    last_end: u64,
     /// A close frame was relayed; once written, the destination has been sent a close.
     pub close_forwarded: bool,
     /// The source died mid-frame: the destination's stream can never reach a boundary again.
@@ -120,7 +125,9 @@ impl Pump {
             in_forward: false,
             in_mask: [0; 4],
             in_off: 0,
-            out_left: 0,
+            written: 0,
+            last_start: 0,
+            last_end: 0,
             close_forwarded: false,
             truncated: false,
             stalled: false,
@@ -136,14 +143,22 @@ impl Pump {
         }
     }
 
-    /// How many output bytes may be written before a control frame can be slotted in.
+    /// How many output bytes to write before a control frame can be slotted in: up to the start
+    /// of the latest frame when older ones are still queued (writing them first costs nothing,
+    /// they are buffered already), else to its end.
     pub fn out_until_boundary(&self) -> u64 {
-        self.out_left
+        if self.written < self.last_start {
+            self.last_start - self.written
+        } else if self.written == self.last_start || self.written >= self.last_end {
+            0
+        } else {
+            self.last_end - self.written
+        }
     }
 
     /// True when everything relayed so far is written and the output sits at a frame boundary.
     pub fn is_drained(&self) -> bool {
-        self.wpos == self.ppos && self.out_left == 0
+        self.wpos == self.ppos && self.out_until_boundary() == 0
     }
 
     /// Stops relaying at the next input frame boundary.
@@ -160,7 +175,8 @@ impl Pump {
     /// The destination is gone: drop pending output and relay nothing more.
     pub fn drop_output(&mut self) {
         self.wpos = self.ppos;
-        self.out_left = 0;
+        self.last_start = self.written;
+        self.last_end = self.written;
         self.in_forward = false;
         self.mode = Mode::Discard;
         self.release_if_empty();
@@ -235,22 +251,10 @@ impl Pump {
         }
     }
 
-    /// Records that `n` output bytes were written, keeping track of frame boundaries.
-    pub fn consumed(&mut self, mut n: usize) {
-        let Some(buf) = &self.buf else { return };
-        while n > 0 {
-            if self.out_left == 0 {
-                // A header always lies whole inside the processed region.
-                match frame::parse_header(&buf[self.wpos..self.ppos]) {
-                    Ok(Some(h)) => self.out_left = h.frame_len(),
-                    _ => unreachable!("output region starts with a complete header"),
-                }
-            }
-            let take = (n as u64).min(self.out_left) as usize;
-            self.out_left -= take as u64;
-            self.wpos += take;
-            n -= take;
-        }
+    /// Records that `n` output bytes were written.
+    pub fn consumed(&mut self, n: usize) {
+        self.wpos += n;
+        self.written += n as u64;
         self.release_if_empty();
     }
 
@@ -353,6 +357,8 @@ impl Pump {
             self.cut(h.header_len);
             return;
         }
+        self.last_start = self.written + (self.ppos - self.wpos) as u64;
+        self.last_end = self.last_start + h.frame_len();
         self.in_mask = [0; 4];
         self.in_off = 0;
         if let (Some(old), Some(off), Some(buf)) = (h.mask, h.mask_offset(), &mut self.buf) {
@@ -546,6 +552,29 @@ mod tests {
             }
         }
         assert_eq!(relayed, input);
+        assert!(p.is_drained());
+    }
+
+    #[test]
+    fn control_frames_may_only_go_between_relayed_frames() {
+        let mut p = Pump::new(Side::Upstream, Bytes::new());
+        let mut input = Vec::new();
+        encode_frame(&mut input, true, OP_BINARY, &[1u8; 10], None); // bytes 0..12
+        encode_frame(&mut input, true, OP_BINARY, &[2u8; 10], None); // bytes 12..24
+        feed(&mut p, &input[..20]);
+        parse_all(&mut p, false);
+        // Older frames queued before the latest one are written first.
+        assert_eq!(p.out_until_boundary(), 12);
+        p.consumed(5);
+        assert_eq!(p.out_until_boundary(), 7);
+        p.consumed(7);
+        assert_eq!(p.out_until_boundary(), 0, "between the two frames");
+        p.consumed(8);
+        assert_eq!(p.out_until_boundary(), 4, "inside the second frame");
+        assert!(!p.is_drained());
+        feed(&mut p, &input[20..]);
+        parse_all(&mut p, false);
+        p.consumed(4);
         assert!(p.is_drained());
     }
 
