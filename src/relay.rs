@@ -17,6 +17,11 @@
 //!
 //! When a leg dies (pong timeout, or TCP ends without a close frame) it is dropped at once and the
 //! survivor gets a close frame: 1001 toward the upstream, 1011 toward the client.
+//!
+//! Timers: each leg has its own [`Heartbeat`] with its own interval and timeout, so the legs are
+//! pinged and timed out independently; one `Sleep` per session is armed for the earlier of the
+//! two deadlines. One timer-wheel entry instead of two saved memory and CPU per idle session
+//! (docs/PERFORMANCE.md), and activity never needs the timer moved (deadlines only move later).
 
 mod direction;
 mod pool;
