@@ -132,6 +132,10 @@ struct LegState {
     read_done: bool,
     /// Dropped: no more I/O at all.
     dead: bool,
+    /// A read (write) returned `Pending` during this wake-up, so the waker is registered: do not
+    /// poll that side again until the next wake-up (each pending poll costs a registration).
+    read_parked: bool,
+    write_parked: bool,
 }
 
 impl LegState {
@@ -147,6 +151,8 @@ impl LegState {
             sent_close: false,
             read_done: false,
             dead: false,
+            read_parked: false,
+            write_parked: false,
         }
     }
 
@@ -292,6 +298,10 @@ where
             }
         }
         self.poll_heartbeats(cx);
+        for leg in [&mut self.client.st, &mut self.upstream.st] {
+            leg.read_parked = false;
+            leg.write_parked = false;
+        }
         let mut rounds = 0;
         while self.poll_directions(cx) {
             rounds += 1;

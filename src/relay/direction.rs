@@ -52,6 +52,9 @@ where
         pump.drop_output();
         return Ok(false);
     };
+    if dst.st.write_parked {
+        return Ok(false);
+    }
     let mut progress = false;
     loop {
         if pump.truncated && pump.output().is_empty() {
@@ -67,7 +70,11 @@ where
         queue_close_when_drained(&mut dst.st, pump);
         match write_once(io, &mut dst.st, pump, cx) {
             Poll::Ready(Ok(true)) => progress = true,
-            Poll::Ready(Ok(false)) | Poll::Pending => break,
+            Poll::Ready(Ok(false)) => break,
+            Poll::Pending => {
+                dst.st.write_parked = true;
+                break;
+            }
             Poll::Ready(Err(_)) => return Err(Event::Lost(dst.st.side)),
         }
     }
@@ -149,7 +156,11 @@ fn poll_read_in<A>(src: &mut Leg<A>, pump: &mut Pump, cx: &mut Context<'_>) -> R
 where
     A: AsyncRead + Unpin,
 {
-    if src.st.read_done || src.st.dead || src.st.pending_ctrl().len() >= CTRL_QUEUE_LIMIT {
+    if src.st.read_done
+        || src.st.dead
+        || src.st.read_parked
+        || src.st.pending_ctrl().len() >= CTRL_QUEUE_LIMIT
+    {
         return Ok(NOTHING_READ);
     }
     if pump.fill_from_prefix() {
@@ -164,6 +175,7 @@ where
     let mut rb = ReadBuf::new(space);
     match Pin::new(io).poll_read(cx, &mut rb) {
         Poll::Pending => {
+            src.st.read_parked = true;
             pump.release_if_empty();
             Ok(NOTHING_READ)
         }
