@@ -22,8 +22,9 @@ use tokio::time::Instant;
 pub const PING_PAYLOAD_LEN: usize = 8;
 /// Tag that starts our ping payloads, so a foreign pong is never mistaken for ours.
 const PING_TAG: [u8; 2] = *b"wb";
-/// How far ahead `poll_timeout` looks when every timer is off: any far-future instant works,
-/// because the driver re-arms after each event. A day keeps `Instant` arithmetic far from overflow.
+/// How far ahead `poll_timeout` looks when every timer is off, counted from the last
+/// `handle_timeout`: any far-future instant works, because the driver re-arms after each
+/// event. A day keeps `Instant` arithmetic far from overflow.
 const FAR_FUTURE: Duration = Duration::from_secs(86_400);
 
 /// Heartbeat settings for one side. A zero duration switches that timer off.
@@ -124,11 +125,9 @@ impl Heartbeat {
         match (ping, expiry) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => {
-                self.next_ping
-                    .max(self.awaiting_since.unwrap_or(self.next_ping))
-                    + FAR_FUTURE
-            }
+            // With pings off, `next_ping` holds the last time the driver asked (see
+            // `handle_timeout`), so the answer always lies ahead of it, never in the past.
+            (None, None) => self.next_ping + FAR_FUTURE,
         }
     }
 
@@ -140,7 +139,11 @@ impl Heartbeat {
         {
             return Some(Action::Expire);
         }
-        if self.cfg.interval.is_zero() || now < self.next_ping {
+        if self.cfg.interval.is_zero() {
+            self.next_ping = now;
+            return None;
+        }
+        if now < self.next_ping {
             return None;
         }
         // Skip missed ticks instead of bursting (tokio's `MissedTickBehavior::Skip`).
@@ -315,6 +318,20 @@ mod tests {
         let mut hb = Heartbeat::new(HeartbeatConfig::OFF, t0);
         assert!(hb.poll_timeout() > t0 + 3600 * S);
         assert_eq!(hb.handle_timeout(t0 + 3600 * S), None);
+    }
+
+    /// A driver re-arms at `poll_timeout` after every `handle_timeout`: with pings off, that
+    /// instant must stay ahead of the clock however long the session lives, or the timer would
+    /// fire again at once, forever.
+    #[test]
+    fn with_pings_off_the_next_deadline_stays_ahead_of_the_clock() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(HeartbeatConfig::OFF, t0);
+        for day in [1u32, 2, 30] {
+            let now = t0 + S * 86_400 * day;
+            assert_eq!(hb.handle_timeout(now), None);
+            assert!(hb.poll_timeout() > now, "day {day}");
+        }
     }
 
     #[test]
