@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -24,25 +23,24 @@ use crate::sessions::Sessions;
 pub struct AdminState {
     /// Metrics to expose.
     pub metrics: Arc<Metrics>,
-    /// True while the proxy accepts connections; `/readyz` answers 503 once it is false.
-    pub ready: AtomicBool,
     /// Live sessions for `/connections`.
     pub sessions: Arc<Sessions>,
 }
 
 impl AdminState {
-    /// A ready state over `metrics`.
-    pub fn new(metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Self {
-        AdminState {
-            metrics,
-            ready: AtomicBool::new(true),
-            sessions,
-        }
+    /// True while the proxy accepts connections (`Metrics::new` starts it at 1).
+    pub fn is_ready(&self) -> bool {
+        self.metrics.ready.get() > 0.0
     }
 
-    /// Switches readiness (and the `wsbeat_ready` gauge).
+    /// A ready state over `metrics`.
+    pub fn new(metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Self {
+        AdminState { metrics, sessions }
+    }
+
+    /// Switches readiness: the `wsbeat_ready` gauge is the one record of it, so `/readyz` and
+    /// the metric can never disagree.
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
         self.metrics.ready.set(if ready { 1.0 } else { 0.0 });
     }
 }
@@ -83,9 +81,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<ProxyBody> {
     }
     match req.uri().path() {
         "/healthz" => text_response(StatusCode::OK, "ok\n".into()),
-        "/readyz" if state.ready.load(Ordering::Relaxed) => {
-            text_response(StatusCode::OK, "ready\n".into())
-        }
+        "/readyz" if state.is_ready() => text_response(StatusCode::OK, "ready\n".into()),
         "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into()),
         "/metrics" => metrics(state),
         "/connections" => connections(state, req.uri().query()),

@@ -427,14 +427,19 @@ fn is_valid_key(key: &[u8]) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
-/// Whether any `name` header lists `token` (comma-separated, case-insensitive).
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+/// The comma-separated tokens of every `name` header, trimmed.
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+}
+
+/// Whether any `name` header lists `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Hop-by-hop headers of RFC 9110 7.6.1, plus the proxy-auth pair that only concerns one hop.
@@ -452,12 +457,8 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// `headers` without hop-by-hop headers, including those that `Connection` names.
 fn end_to_end(headers: &HeaderMap) -> HeaderMap {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+    let named: Vec<String> = tokens(headers, &header::CONNECTION)
+        .map(str::to_ascii_lowercase)
         .collect();
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {

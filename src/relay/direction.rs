@@ -37,7 +37,7 @@ where
     }
     if read != NOTHING_READ {
         progress = true;
-        parse_input(src, dst, pump, shared)?;
+        parse_input(&mut src.st, pump, shared)?;
     }
     Ok(progress)
 }
@@ -205,13 +205,8 @@ fn read_ended(src: &mut LegState, pump: &mut Pump) -> Result<usize, Event> {
 }
 
 /// Parses everything buffered from `src`, acting on control frames.
-fn parse_input<A, B>(
-    src: &mut Leg<A>,
-    dst: &mut Leg<B>,
-    pump: &mut Pump,
-    shared: &mut Shared<'_>,
-) -> Result<(), Event> {
-    let side = src.st.side;
+fn parse_input(src: &mut LegState, pump: &mut Pump, shared: &mut Shared<'_>) -> Result<(), Event> {
+    let side = src.side;
     let masked = side == Side::Client;
     loop {
         let parsed = pump
@@ -220,19 +215,14 @@ fn parse_input<A, B>(
         match parsed {
             Parsed::NeedInput => return Ok(()),
             Parsed::Data(opcode, fin, len) => shared.tally.frame(side, opcode, fin, len),
-            Parsed::Control(c) => on_control(side, c, &mut src.st, &mut dst.st, pump, shared),
+            Parsed::Control(c) => on_control(side, c, src, shared),
         }
     }
 }
 
-fn on_control(
-    side: Side,
-    control: Control,
-    src: &mut LegState,
-    dst: &mut LegState,
-    pump: &mut Pump,
-    shared: &mut Shared<'_>,
-) {
+/// Answers a ping, matches a pong, or records a close (which the pump already relayed when it
+/// could).
+fn on_control(side: Side, control: Control, src: &mut LegState, shared: &mut Shared<'_>) {
     match control {
         Control::Ping(payload) => {
             shared.tally.frame(side, frame::OP_PING, true, 0);
@@ -249,7 +239,7 @@ fn on_control(
                 shared.info.on_rtt(side, rtt);
             }
         }
-        Control::Close { code, forwarded } => {
+        Control::Close { code, .. } => {
             shared.tally.frame(side, frame::OP_CLOSE, true, 0);
             src.got_close = true;
             shared.outcome.get_or_insert(Outcome {
@@ -259,7 +249,6 @@ fn on_control(
                 detail: "close frame",
             });
             *shared.closing = true;
-            let _ = (forwarded, dst, pump);
         }
     }
 }
