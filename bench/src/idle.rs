@@ -25,24 +25,31 @@ use crate::ws::{self, Decoder, FrameSink, Rng};
 const IDLE_READ_BYTES: usize = 512;
 
 /// What `idle` was asked to do.
+#[derive(clap::Args)]
 pub struct IdleArgs {
     /// Target URL.
+    #[arg(long)]
     pub url: String,
     /// Sessions to open.
+    #[arg(long, default_value_t = 9000)]
     pub sessions: usize,
     /// Concurrent handshakes while opening.
+    #[arg(long, default_value_t = 64)]
     pub parallel: usize,
-    /// Wait after the last session opened before the window starts.
+    /// Pause between opening the last session and the window.
+    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
     pub settle: Duration,
     /// Measurement window.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     pub hold: Duration,
-    /// Proxy processes to measure.
+    /// Proxy pids (comma separated).
+    #[arg(long, default_value = "")]
     pub proxy_pids: Pids,
-    /// Echo server stats file (for pings seen by the upstream).
+    /// Echo server stats file (for the pings the upstream received).
+    #[arg(long)]
     pub echo_stats: Option<PathBuf>,
-    /// Echo server processes: the CPU they spend per ping answered (one read, one write, the
-    /// same system calls a proxy needs per ping round trip) is what a ping costs on this
-    /// machine at the least, and is reported next to the proxy's figure.
+    /// Echo server pids: its CPU per ping answered is the machine's floor for a ping.
+    #[arg(long, default_value = "")]
     pub echo_pids: Pids,
 }
 

@@ -34,26 +34,37 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 const MAX_RECORDED_NS: u64 = 60_000_000_000;
 
 /// What `load` was asked to do.
+#[derive(clap::Args)]
 pub struct LoadArgs {
-    /// Target URL.
+    /// Target, e.g. ws://127.0.0.1:8080/.
+    #[arg(long)]
     pub url: String,
     /// Connections.
+    #[arg(long, default_value_t = 50)]
     pub conns: usize,
     /// Messages in flight per connection (closed loop).
+    #[arg(long, default_value_t = 16)]
     pub inflight: usize,
-    /// Message size in bytes (at least 8: the timestamp).
+    /// Message size (bytes, or with KiB/MiB suffix); at least 8.
+    #[arg(long, default_value = "64", value_parser = crate::parse_size)]
     pub size: usize,
-    /// Warm-up before the measurement window.
-    pub warmup: Duration,
     /// Measurement window.
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub duration: Duration,
-    /// Messages per second per connection (open loop) if set.
+    /// Warm-up before the window.
+    #[arg(long, default_value = "1s", value_parser = crate::parse_duration)]
+    pub warmup: Duration,
+    /// Fixed send rate per connection (messages/s): switches to open-loop latency mode.
+    #[arg(long)]
     pub rate: Option<f64>,
-    /// How long to wait for outstanding echoes after the window.
+    /// Time allowed for outstanding echoes after the window.
+    #[arg(long, default_value = "2s", value_parser = crate::parse_duration)]
     pub drain: Duration,
-    /// Proxy processes whose CPU is charged per message.
+    /// Proxy pids (comma separated) whose CPU is charged per message.
+    #[arg(long, default_value = "")]
     pub proxy_pids: Pids,
-    /// Echo server processes (to see when the upstream is the bottleneck).
+    /// Echo server pids, for diagnostics.
+    #[arg(long, default_value = "")]
     pub echo_pids: Pids,
 }
 

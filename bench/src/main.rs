@@ -29,8 +29,6 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use procstat::Pids;
-
 #[derive(Parser)]
 #[command(about = "WebSocket proxy benchmark harness (see bench/run.sh)")]
 struct Cli {
@@ -56,83 +54,11 @@ enum Cmd {
         stats_every: Duration,
     },
     /// Throughput (closed loop) or fixed-rate latency (open loop, --rate).
-    Load {
-        /// Target, e.g. ws://127.0.0.1:8080/.
-        #[arg(long)]
-        url: String,
-        /// Connections.
-        #[arg(long, default_value_t = 50)]
-        conns: usize,
-        /// Messages in flight per connection (closed loop).
-        #[arg(long, default_value_t = 16)]
-        inflight: usize,
-        /// Message size (bytes, or with KiB/MiB suffix); at least 8.
-        #[arg(long, default_value = "64", value_parser = parse_size)]
-        size: usize,
-        /// Measurement window.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        duration: Duration,
-        /// Warm-up before the window.
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        warmup: Duration,
-        /// Fixed send rate per connection (messages/s): switches to open-loop latency mode.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Time allowed for outstanding echoes after the window.
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
-        drain: Duration,
-        /// Proxy pids (comma separated) whose CPU is charged per message.
-        #[arg(long, default_value = "")]
-        proxy_pids: Pids,
-        /// Echo server pids, for diagnostics.
-        #[arg(long, default_value = "")]
-        echo_pids: Pids,
-    },
+    Load(load::LoadArgs),
     /// Hold idle sessions answering pings; report proxy RSS/CPU per session.
-    Idle {
-        /// Target URL.
-        #[arg(long)]
-        url: String,
-        /// Sessions to open.
-        #[arg(long, default_value_t = 9000)]
-        sessions: usize,
-        /// Concurrent handshakes while opening.
-        #[arg(long, default_value_t = 64)]
-        parallel: usize,
-        /// Pause between opening the last session and the window.
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
-        settle: Duration,
-        /// Measurement window.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        hold: Duration,
-        /// Proxy pids (comma separated).
-        #[arg(long, default_value = "")]
-        proxy_pids: Pids,
-        /// Echo server stats file (for the pings the upstream received).
-        #[arg(long)]
-        echo_stats: Option<PathBuf>,
-        /// Echo server pids: its CPU per ping answered is the machine's floor for a ping.
-        #[arg(long, default_value = "")]
-        echo_pids: Pids,
-    },
+    Idle(idle::IdleArgs),
     /// Send one fragmented message and receive it back.
-    Stream {
-        /// Target URL.
-        #[arg(long)]
-        url: String,
-        /// Number of fragments.
-        #[arg(long, default_value_t = 256)]
-        frames: usize,
-        /// Fragment size.
-        #[arg(long, default_value = "1MiB", value_parser = parse_size)]
-        frame_size: usize,
-        /// Give up after this long.
-        #[arg(long, default_value = "120s", value_parser = parse_duration)]
-        timeout: Duration,
-        /// Proxy pids whose peak RSS is reported.
-        #[arg(long, default_value = "")]
-        proxy_pids: Pids,
-    },
+    Stream(stream::StreamArgs),
     /// Print N free TCP ports on 127.0.0.1, one per line.
     Ports {
         /// How many.
@@ -164,7 +90,7 @@ enum Cmd {
 }
 
 /// Parses `250ms`, `5s`, `1.5s`, `2m` or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
         (n, 1e-3)
@@ -183,7 +109,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses `64`, `64KiB`, `1MiB`.
-fn parse_size(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let (num, scale) = if let Some(n) = s.strip_suffix("KiB") {
         (n, 1024)
@@ -234,70 +160,9 @@ async fn dispatch(cmd: Cmd) -> std::io::Result<()> {
             stats_file,
             stats_every,
         } => echo::run(listen, stats_file, stats_every).await,
-        Cmd::Load {
-            url,
-            conns,
-            inflight,
-            size,
-            duration,
-            warmup,
-            rate,
-            drain,
-            proxy_pids,
-            echo_pids,
-        } => {
-            load::run(load::LoadArgs {
-                url,
-                conns,
-                inflight,
-                size,
-                warmup,
-                duration,
-                rate,
-                drain,
-                proxy_pids,
-                echo_pids,
-            })
-            .await
-        }
-        Cmd::Idle {
-            url,
-            sessions,
-            parallel,
-            settle,
-            hold,
-            proxy_pids,
-            echo_stats,
-            echo_pids,
-        } => {
-            idle::run(idle::IdleArgs {
-                url,
-                sessions,
-                parallel,
-                settle,
-                hold,
-                proxy_pids,
-                echo_stats,
-                echo_pids,
-            })
-            .await
-        }
-        Cmd::Stream {
-            url,
-            frames,
-            frame_size,
-            timeout,
-            proxy_pids,
-        } => {
-            stream::run(stream::StreamArgs {
-                url,
-                frames,
-                frame_size,
-                timeout,
-                proxy_pids,
-            })
-            .await
-        }
+        Cmd::Load(args) => load::run(args).await,
+        Cmd::Idle(args) => idle::run(args).await,
+        Cmd::Stream(args) => stream::run(args).await,
         Cmd::Ports { count } => ports(count),
         Cmd::WaitPort { addr, timeout } => wait_port(addr, timeout).await,
         Cmd::Report { results, targets } => report::run(&results, &targets),

@@ -20,16 +20,22 @@ const READ_BYTES: usize = 256 * 1024;
 const PERIOD: usize = 251;
 
 /// What `stream` was asked to do.
+#[derive(clap::Args)]
 pub struct StreamArgs {
     /// Target URL.
+    #[arg(long)]
     pub url: String,
     /// Number of fragments.
+    #[arg(long, default_value_t = 256)]
     pub frames: usize,
-    /// Bytes per fragment.
+    /// Fragment size.
+    #[arg(long, default_value = "1MiB", value_parser = crate::parse_size)]
     pub frame_size: usize,
     /// Give up after this long.
+    #[arg(long, default_value = "120s", value_parser = crate::parse_duration)]
     pub timeout: Duration,
-    /// Proxy processes whose peak RSS is reported.
+    /// Proxy pids whose peak RSS is reported.
+    #[arg(long, default_value = "")]
     pub proxy_pids: Pids,
 }
 
