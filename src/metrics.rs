@@ -6,6 +6,8 @@
 //! gaps, and the per-frame path never looks a label up or takes a lock. No label ever carries a
 //! path, an address or any other client-chosen value.
 
+mod sharded;
+
 use std::time::Duration;
 
 use prometheus::{
@@ -14,6 +16,8 @@ use prometheus::{
 
 use crate::Side;
 use crate::frame;
+use sharded::FrameCounters;
+pub use sharded::Shard;
 
 /// Seconds buckets for ping round trips: 100 µs (same host) to 30 s (a peer about to die).
 const RTT_BUCKETS_SECONDS: &[f64] = &[
@@ -258,10 +262,8 @@ pub struct Metrics {
     /// Sides declared dead after their pong timeout.
     pub peer_timeouts: [IntCounter; 2],
     closes: Vec<IntCounter>,
-    /// Frames relayed or handled, `[direction][opcode_index]`.
-    frames: [[IntCounter; OPCODES.len()]; 2],
-    bytes: [IntCounter; 2],
-    messages: [IntCounter; 2],
+    /// `frames_total`, `bytes_total` and `messages_total`, sharded per relay thread.
+    frame_counters: std::sync::Arc<FrameCounters>,
     /// Client request received → 101 sent.
     pub handshake_duration: Histogram,
     /// Lifetime of upgraded sessions.
@@ -283,10 +285,6 @@ impl Metrics {
         let side = |name: &str, help: &str| -> Result<[IntCounter; 2], prometheus::Error> {
             let vec = counter_vec(r, name, help, &["side"])?;
             Ok(Side::ALL.map(|s| vec.with_label_values(&[s.as_str()])))
-        };
-        let direction = |name: &str, help: &str| -> Result<[IntCounter; 2], prometheus::Error> {
-            let vec = counter_vec(r, name, help, &["direction"])?;
-            Ok(Side::ALL.map(|s| vec.with_label_values(&[direction_label(s)])))
         };
         let connections_active = IntGauge::new(
             "connections_active",
@@ -333,25 +331,10 @@ impl Metrics {
             .flat_map(|i| CloseReason::ALL.iter().map(move |c| (i, c)))
             .map(|(i, c)| closes.with_label_values(&[i.as_str(), c.as_str()]))
             .collect();
-        let frames_vec = counter_vec(
-            r,
-            "frames_total",
-            "Frames received, by direction and opcode (pings and pongs are answered, not relayed).",
-            &["direction", "opcode"],
-        )?;
-        let frames = Side::ALL.map(|s| {
-            OPCODES.map(|op| {
-                frames_vec.with_label_values(&[direction_label(s), frame::opcode_label(op)])
-            })
-        });
-        let bytes = direction(
-            "bytes_total",
-            "Frame bytes (headers and payload) relayed, by direction.",
-        )?;
-        let messages = direction(
-            "messages_total",
-            "Complete data messages relayed (final fragments), by direction.",
-        )?;
+        let frame_counters = std::sync::Arc::new(FrameCounters::new()?);
+        r.register(Box::new(SharedCollector(std::sync::Arc::clone(
+            &frame_counters,
+        ))))?;
         let handshake_duration = histogram(
             r,
             "handshake_duration_seconds",
@@ -407,9 +390,7 @@ impl Metrics {
             ping_rtt,
             peer_timeouts,
             closes,
-            frames,
-            bytes,
-            messages,
+            frame_counters,
             handshake_duration,
             connection_duration,
             connect_errors,
@@ -446,28 +427,29 @@ impl Metrics {
         self.http_requests[class].inc();
     }
 
-    /// Adds a session's unflushed counts and clears them.
-    pub fn flush(&self, tally: &mut Tally) {
-        for d in 0..2 {
-            for (op, n) in tally.frames[d].iter_mut().enumerate() {
-                if *n != 0 {
-                    self.frames[d][op].inc_by(std::mem::take(n));
-                }
-            }
-            if tally.bytes[d] != 0 {
-                self.bytes[d].inc_by(std::mem::take(&mut tally.bytes[d]));
-            }
-            if tally.messages[d] != 0 {
-                self.messages[d].inc_by(std::mem::take(&mut tally.messages[d]));
-            }
-        }
-        tally.dirty = false;
+    /// The calling thread's shard of the per-frame counters: a session takes it once and
+    /// flushes its [`Tally`] into it (see `metrics/sharded.rs`).
+    pub fn shard(&self) -> std::sync::Arc<Shard> {
+        self.frame_counters.shard()
     }
 
     /// Records a ping round trip.
     pub fn observe_rtt(&self, side: Side, rtt: Duration) {
         self.pongs_received[side.index()].inc();
         self.ping_rtt[side.index()].observe(rtt.as_secs_f64());
+    }
+}
+
+/// A collector the registry owns while [`Metrics`] keeps using it.
+struct SharedCollector(std::sync::Arc<FrameCounters>);
+
+impl prometheus::core::Collector for SharedCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
     }
 }
 
@@ -609,11 +591,20 @@ mod tests {
         t.frame(Side::Client, frame::OP_TEXT, false, 10);
         t.frame(Side::Client, frame::OP_CONTINUATION, true, 20);
         t.frame(Side::Upstream, frame::OP_PING, true, 6);
-        m.flush(&mut t);
-        m.flush(&mut t);
+        let shard = m.shard();
+        shard.flush(&mut t);
+        shard.flush(&mut t);
+        // Another thread's shard adds to the same families.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut t = Tally::default();
+                t.frame(Side::Client, frame::OP_BINARY, true, 5);
+                m.shard().flush(&mut t);
+            });
+        });
         let text = scrape(&m);
-        assert!(text.contains(r#"wsbeat_bytes_total{direction="client_to_upstream"} 30"#));
-        assert!(text.contains(r#"wsbeat_messages_total{direction="client_to_upstream"} 1"#));
+        assert!(text.contains(r#"wsbeat_bytes_total{direction="client_to_upstream"} 35"#));
+        assert!(text.contains(r#"wsbeat_messages_total{direction="client_to_upstream"} 2"#));
         assert!(text.contains(r#"wsbeat_messages_total{direction="upstream_to_client"} 0"#));
         assert!(
             text.contains(r#"wsbeat_frames_total{direction="upstream_to_client",opcode="ping"} 1"#)

@@ -41,7 +41,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use crate::Side;
 use crate::frame::{self, close_code};
 use crate::heartbeat::{Action, Heartbeat, HeartbeatConfig};
-use crate::metrics::{CloseReason, Initiator, Metrics, Tally};
+use crate::metrics::{CloseReason, Initiator, Metrics, Shard, Tally};
 use crate::sessions::SessionInfo;
 use crate::shutdown::Drain;
 use pump::{Pump, Violation};
@@ -239,6 +239,8 @@ struct Session<C, U> {
     metrics: Arc<Metrics>,
     info: Arc<SessionInfo>,
     tally: Tally,
+    /// This thread's shard of the per-frame counters, where `tally` is flushed.
+    shard: Arc<Shard>,
     received: [u64; 2],
 }
 
@@ -281,6 +283,7 @@ where
             closing: false,
             close_deadline: None,
             outcome: None,
+            shard: metrics.shard(),
             metrics,
             info,
             tally: Tally::default(),
@@ -311,7 +314,7 @@ where
             }
         }
         if self.tally.is_dirty() {
-            self.metrics.flush(&mut self.tally);
+            self.shard.flush(&mut self.tally);
         }
         if self.received != [0; 2] {
             let now = Instant::now();
