@@ -209,12 +209,14 @@ fn parse_input(src: &mut LegState, pump: &mut Pump, shared: &mut Shared<'_>) -> 
     let side = src.side;
     let masked = side == Side::Client;
     loop {
+        let tally = &mut *shared.tally;
         let parsed = pump
-            .parse(masked, shared.cfg.max_frame_size)
+            .parse(masked, shared.cfg.max_frame_size, |opcode, fin, len| {
+                tally.frame(side, opcode, fin, len)
+            })
             .map_err(|v| Event::Violation(side, v))?;
         match parsed {
             Parsed::NeedInput => return Ok(()),
-            Parsed::Data(opcode, fin, len) => shared.tally.frame(side, opcode, fin, len),
             Parsed::Control(c) => on_control(side, c, src, shared),
         }
     }

@@ -64,8 +64,6 @@ pub enum Parsed {
     NeedInput,
     /// A ping, pong or close frame was handled; call again to continue.
     Control(Control),
-    /// A data frame header was parsed; `(opcode, fin, frame_len)` for the metrics.
-    Data(u8, bool, u64),
 }
 
 /// State of one direction.
@@ -258,14 +256,21 @@ impl Pump {
         self.release_if_empty();
     }
 
-    /// Parses and rewrites input until a frame needs the session's attention or input runs out.
+    /// Parses and rewrites input until a control frame needs the session's attention or input
+    /// runs out. Each data frame's header is reported to `on_data(opcode, fin, frame_len)`
+    /// without returning: a batch of small frames goes through in one call.
     ///
     /// `masked_input`: frames from the source must be masked (client) or must not be (upstream).
     /// Relayed frames are re-masked with a fresh key when masked.
     ///
     /// # Errors
     /// A [`Violation`] by the source; the offending frame is left unconsumed.
-    pub fn parse(&mut self, masked_input: bool, max_frame: u64) -> Result<Parsed, Violation> {
+    pub fn parse(
+        &mut self,
+        masked_input: bool,
+        max_frame: u64,
+        mut on_data: impl FnMut(u8, bool, u64),
+    ) -> Result<Parsed, Violation> {
         loop {
             if self.in_left > 0 {
                 if !self.advance_payload() {
@@ -316,11 +321,12 @@ impl Pump {
                 return Err(Violation::TooBig);
             }
             self.start_frame(&h, self.mode == Mode::Forward);
-            return Ok(Parsed::Data(h.opcode, h.fin, h.frame_len()));
+            on_data(h.opcode, h.fin, h.frame_len());
         }
     }
 
     /// Processes as much of the current payload as is buffered; false when none is.
+    #[inline(always)]
     fn advance_payload(&mut self) -> bool {
         let avail = self.end - self.ppos;
         if avail == 0 {
@@ -350,6 +356,7 @@ impl Pump {
     }
 
     /// Starts relaying (or cutting) the frame whose header is at `ppos`.
+    #[inline(always)]
     fn start_frame(&mut self, h: &Header, forward: bool) {
         self.in_left = h.payload_len;
         self.in_forward = forward;
@@ -464,9 +471,13 @@ mod tests {
     fn parse_all(p: &mut Pump, masked: bool) -> Vec<String> {
         let mut seen = Vec::new();
         loop {
-            match p.parse(masked, 1 << 20).expect("valid") {
+            let parsed = p
+                .parse(masked, 1 << 20, |op, fin, len| {
+                    seen.push(format!("data {op} {fin} {len}"))
+                })
+                .expect("valid");
+            match parsed {
                 Parsed::NeedInput => return seen,
-                Parsed::Data(op, fin, len) => seen.push(format!("data {op} {fin} {len}")),
                 Parsed::Control(Control::Ping(pl)) => {
                     seen.push(format!("ping {:?}", pl.as_slice()))
                 }
@@ -601,7 +612,7 @@ mod tests {
         let mut strict = Pump::new(Side::Upstream, Bytes::new());
         feed(&mut strict, &frame_rsv1);
         assert!(matches!(
-            strict.parse(false, 100),
+            strict.parse(false, 100, |_, _, _| {}),
             Err(Violation::Protocol(_))
         ));
         let mut lenient = Pump::new(Side::Upstream, Bytes::new());
@@ -623,7 +634,10 @@ mod tests {
             let mut p = Pump::new(Side::Upstream, Bytes::new());
             feed(&mut p, &input);
             assert!(
-                matches!(p.parse(false, 100), Err(Violation::Protocol(_))),
+                matches!(
+                    p.parse(false, 100, |_, _, _| {}),
+                    Err(Violation::Protocol(_))
+                ),
                 "opcode {op}"
             );
         }
@@ -635,7 +649,10 @@ mod tests {
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_TEXT, b"x", None);
         feed(&mut p, &input);
-        assert!(matches!(p.parse(true, 100), Err(Violation::Protocol(_))));
+        assert!(matches!(
+            p.parse(true, 100, |_, _, _| {}),
+            Err(Violation::Protocol(_))
+        ));
     }
 
     #[test]
@@ -644,7 +661,10 @@ mod tests {
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_BINARY, &[0u8; 101], None);
         feed(&mut p, &input[..4]);
-        assert_eq!(p.parse(false, 100).err(), Some(Violation::TooBig));
+        assert_eq!(
+            p.parse(false, 100, |_, _, _| {}).err(),
+            Some(Violation::TooBig)
+        );
     }
 
     #[test]
