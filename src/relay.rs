@@ -22,6 +22,12 @@
 //! pinged and timed out independently; one `Sleep` per session is armed for the earlier of the
 //! two deadlines. One timer-wheel entry instead of two saved memory and CPU per idle session
 //! (docs/PERFORMANCE.md), and activity never needs the timer moved (deadlines only move later).
+//! The timer is armed at the next multiple of a grid shared by all sessions (a sixteenth of the
+//! shortest interval or timeout, at most 250 ms), so heartbeats due close together fire in one
+//! tick: one wake-up of this thread and of each peer's sends a batch of pings instead of one.
+//! Each wake-up of a sleeping thread costs an inter-processor interrupt. With 9,000 idle
+//! sessions the batches cut epoll wake-ups 5× and CPU per ping from 9.6 to 8.7 µs
+//! (docs/PERFORMANCE.md). A heartbeat is at most one grid step late.
 
 mod direction;
 mod pool;
@@ -53,6 +59,10 @@ const CTRL_QUEUE_LIMIT: usize = 4 * 1024;
 const ROUNDS_PER_POLL: usize = 32;
 /// How long to wait for a peer to accept our FIN after a finished session.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// Heartbeat deadlines are rounded up to a grid of this fraction of the shortest period...
+const TIMER_GRID_DIVISOR: u32 = 16;
+/// ...but never coarser than this.
+const TIMER_GRID_MAX: Duration = Duration::from_millis(250);
 
 /// Settings of a session.
 #[derive(Clone, Copy, Debug)]
@@ -227,6 +237,8 @@ struct Session<C, U> {
     timer: Pin<Box<Sleep>>,
     /// The timer was polled since it was last armed, so it will wake this task when due.
     timer_registered: bool,
+    /// Step of the shared grid the timer is armed on (see the module docs).
+    timer_grid: Duration,
     drain: Arc<Drain>,
     /// Wakes this task when the drain starts; polled once to register, then only when the
     /// drain flag says it is ready.
@@ -276,6 +288,7 @@ where
             cfg,
             timer: Box::pin(tokio::time::sleep_until(now)),
             timer_registered: false,
+            timer_grid: timer_grid(&cfg),
             drain_wait: Box::pin(drain.token().clone().cancelled_owned()),
             drain,
             drain_registered: false,
@@ -501,7 +514,7 @@ where
                 .map(|leg| leg.hb.poll_timeout())
                 .min()
                 .unwrap_or(now);
-            self.timer.as_mut().reset(next);
+            self.timer.as_mut().reset(on_grid(next, self.timer_grid));
         }
     }
 
@@ -551,6 +564,32 @@ where
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, io.shutdown()).await;
         }
     }
+}
+
+/// The grid step for a session's heartbeat timer: a sixteenth of its shortest heartbeat period,
+/// between 1 ms and [`TIMER_GRID_MAX`].
+fn timer_grid(cfg: &RelayConfig) -> Duration {
+    [cfg.client, cfg.upstream]
+        .iter()
+        .flat_map(|hb| [hb.interval, hb.timeout])
+        .filter(|d| !d.is_zero())
+        .min()
+        .map_or(TIMER_GRID_MAX, |d| d / TIMER_GRID_DIVISOR)
+        .clamp(Duration::from_millis(1), TIMER_GRID_MAX)
+}
+
+/// `deadline` rounded up to the next multiple of `grid`, counted from one instant shared by the
+/// whole process, so that sessions with deadlines close together fire in the same tick.
+fn on_grid(deadline: Instant, grid: Duration) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // Before the epoch (another test's paused clock set it): leave the deadline as it is.
+    let Some(since) = deadline.checked_duration_since(epoch) else {
+        return deadline;
+    };
+    let (since, grid) = (since.as_nanos(), grid.as_nanos().max(1));
+    let rounded = since.div_ceil(grid) * grid;
+    u64::try_from(rounded).map_or(deadline, |ns| epoch + Duration::from_nanos(ns))
 }
 
 /// Queues our close toward a surviving leg (unless it already closed or died).
