@@ -115,7 +115,10 @@ where
     if !ctrl_first && data.is_empty() {
         return Poll::Ready(Ok(false));
     }
-    let written = if ctrl_first {
+    let written = if ctrl_first && data.is_empty() {
+        // A heartbeat on an idle leg: a plain send, without writev's extra kernel layers.
+        ready!(Pin::new(io).poll_write(cx, leg.pending_ctrl()))?
+    } else if ctrl_first {
         let bufs = [IoSlice::new(leg.pending_ctrl()), IoSlice::new(data)];
         ready!(Pin::new(io).poll_write_vectored(cx, &bufs))?
     } else {
