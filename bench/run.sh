@@ -10,7 +10,7 @@
 #   RUNS [3]            runs per figure (median reported)
 #   DURATION [5s]       measurement window of each throughput/latency run; WARMUP [1s] before it
 #   TARGETS ["direct nginx haproxy wsbeat"]     IDLE_TARGETS ["nginx haproxy wsbeat"]
-#   WORKLOADS ["small large latency stream idle"]
+#   WORKLOADS ["small large latency stream idle floor"]
 #   IDLE_SESSIONS [9000]  IDLE_HOLD [10s]  IDLE_SETTLE [2s]  PING_INTERVAL [1s]
 #   STREAM_FRAMES [256] (of 1 MiB)
 #   OUT [bench/results/DATE]   where results.tsv, report.md and logs go
@@ -28,7 +28,7 @@ DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-1s}
 TARGETS=${TARGETS:-"direct nginx haproxy wsbeat"}
 IDLE_TARGETS=${IDLE_TARGETS:-"nginx haproxy wsbeat"}
-WORKLOADS=${WORKLOADS:-"small large latency stream idle"}
+WORKLOADS=${WORKLOADS:-"small large latency stream idle floor"}
 IDLE_SESSIONS=${IDLE_SESSIONS:-9000}
 IDLE_HOLD=${IDLE_HOLD:-10s}
 IDLE_SETTLE=${IDLE_SETTLE:-2s}
@@ -291,6 +291,8 @@ run_workload() { # workload target
         idle) timeout "$IDLE_TIMEOUT" "$BENCH" idle "${common[@]}" --echo-stats "$ECHO_STATS" \
             --echo-pids "$ECHO_PID" \
             --sessions "$IDLE_SESSIONS" --hold "$IDLE_HOLD" --settle "$IDLE_SETTLE" ;;
+        # No proxy: the kernel's own cost of a ping round trip, for the heartbeat row.
+        floor) timeout 120 "$BENCH" floor --pairs "$IDLE_SESSIONS" --rounds 10 ;;
     esac
 }
 
@@ -301,6 +303,7 @@ log "machine: $(nproc) cores; $UPTIME_BEFORE"
 for w in $WORKLOADS; do
     targets=$TARGETS
     [ "$w" = idle ] && targets=$IDLE_TARGETS
+    [ "$w" = floor ] && targets=direct
     for run in $(seq "$RUNS"); do
         # Targets interleaved within each run, so drifting machine load hits all of them alike.
         for t in $targets; do

@@ -6,6 +6,7 @@
 //! - `load`: closed-loop throughput or open-loop fixed-rate latency (`load.rs`);
 //! - `idle`: thousands of idle sessions answering heartbeats (`idle.rs`);
 //! - `stream`: one big fragmented message (`stream.rs`);
+//! - `floor`: the kernel's own cost of a ping round trip, with no proxy at all (`floor.rs`);
 //! - `ports`, `wait-port`: helpers for the script; `report`: the Markdown table (`report.rs`).
 //!
 //! Frames are encoded and decoded by hand (`ws.rs`) so the harness costs as little CPU per
@@ -15,6 +16,7 @@
 
 mod client;
 mod echo;
+mod floor;
 mod idle;
 mod load;
 mod procstat;
@@ -59,6 +61,8 @@ enum Cmd {
     Idle(idle::IdleArgs),
     /// Send one fragmented message and receive it back.
     Stream(stream::StreamArgs),
+    /// Kernel CPU of a ping round trip over loopback, without any event loop (a lower bound).
+    Floor(floor::FloorArgs),
     /// Print N free TCP ports on 127.0.0.1, one per line.
     Ports {
         /// How many.
@@ -163,6 +167,7 @@ async fn dispatch(cmd: Cmd) -> std::io::Result<()> {
         Cmd::Load(args) => load::run(args).await,
         Cmd::Idle(args) => idle::run(args).await,
         Cmd::Stream(args) => stream::run(args).await,
+        Cmd::Floor(args) => floor::run(args),
         Cmd::Ports { count } => ports(count),
         Cmd::WaitPort { addr, timeout } => wait_port(addr, timeout).await,
         Cmd::Report { results, targets } => report::run(&results, &targets),

@@ -52,7 +52,12 @@ const ROWS: &[(&str, &str, &str)] = &[
     (
         "idle",
         "echo_cpu_us_per_ping",
-        "idle: echo upstream CPU µs per ping answered (the machine's floor)",
+        "idle: echo upstream CPU µs per ping answered (a tokio peer doing the same)",
+    ),
+    (
+        "floor",
+        "us_per_ping",
+        "idle: kernel floor µs per ping (send + recv on loopback, no event loop; under direct)",
     ),
     (
         "idle",
