@@ -281,6 +281,10 @@ impl Pump {
             if self.mode == Mode::Draining {
                 self.mode = Mode::Discard;
             }
+            if let Some((opcode, fin, len)) = self.relay_small_data_frame(masked_input, max_frame) {
+                on_data(opcode, fin, len);
+                continue;
+            }
             let Some(buf) = &self.buf else {
                 return Ok(Parsed::NeedInput);
             };
@@ -323,6 +327,51 @@ impl Pump {
             self.start_frame(&h, self.mode == Mode::Forward);
             on_data(h.opcode, h.fin, h.frame_len());
         }
+    }
+
+    /// The fast path for the most common frame: a data frame with a 7-bit length, no RSV bits
+    /// and the expected masking, wholly buffered, while relaying. It is re-masked and passed on
+    /// in one step, with the same result as [`Pump::start_frame`] and [`Pump::advance_payload`]
+    /// would give it; anything else returns `None` and goes the general way. Returns
+    /// `(opcode, fin, frame_len)`. With 64-byte messages this path is most of the work: it
+    /// cut the proxy's user-space instructions per message from 761 to 592 (callgrind,
+    /// docs/PERFORMANCE.md).
+    #[inline(always)]
+    fn relay_small_data_frame(
+        &mut self,
+        masked_input: bool,
+        max_frame: u64,
+    ) -> Option<(u8, bool, u64)> {
+        let buf = self.buf.as_mut()?;
+        let input = &mut buf[self.ppos..self.end];
+        let [b0, b1, ..] = *input else {
+            return None;
+        };
+        let opcode = b0 & 0x0F;
+        let payload = usize::from(b1 & 0x7F);
+        if self.mode != Mode::Forward
+            || b0 & 0x70 != 0
+            || opcode > frame::OP_BINARY
+            || (b1 & 0x80 != 0) != masked_input
+            || payload > 125
+            || payload as u64 > max_frame
+        {
+            return None;
+        }
+        let header = if masked_input { 6 } else { 2 };
+        let frame = input.get_mut(..header + payload)?;
+        if masked_input {
+            let (key, body) = frame[2..].split_at_mut(4);
+            let new = frame::random_mask();
+            let old = [key[0], key[1], key[2], key[3]];
+            key.copy_from_slice(&new);
+            frame::apply_mask(body, frame::xor_keys(old, new), 0);
+        }
+        let len = frame.len();
+        self.last_start = self.written + (self.ppos - self.wpos) as u64;
+        self.last_end = self.last_start + len as u64;
+        self.ppos += len;
+        Some((opcode, b0 & 0x80 != 0, len as u64))
     }
 
     /// Processes as much of the current payload as is buffered; false when none is.
@@ -545,6 +594,78 @@ mod tests {
             "a fresh key replaces the client's"
         );
         assert!(p.is_drained());
+    }
+
+    /// Small whole frames take a fast path, partial and long ones the general one: however
+    /// the stream is cut into reads, the relayed frames and the reported headers are the same.
+    #[test]
+    fn every_way_of_cutting_the_input_relays_the_same_frames() {
+        let sizes = [0usize, 1, 5, 64, 125, 126, 300, 70_000];
+        let mut input = Vec::new();
+        let mut expected = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..n).map(|b| (b * 7 + i) as u8).collect();
+            let (op, fin) = if i % 2 == 0 {
+                (OP_TEXT, false)
+            } else {
+                (0, true)
+            };
+            let start = input.len();
+            encode_frame(&mut input, fin, op, &payload, Some([i as u8, 9, 8, 7]));
+            expected.push((op, fin, payload, input.len() - start));
+        }
+        for masked in [true, false] {
+            let stream = if masked {
+                input.clone()
+            } else {
+                // The same frames unmasked, as an upstream sends them.
+                let mut plain = Vec::new();
+                for (op, fin, payload, _) in &expected {
+                    encode_frame(&mut plain, *fin, *op, payload, None);
+                }
+                plain
+            };
+            for read in [1, 3, 7, 64, 131, 4096, stream.len()] {
+                let from = if masked { Side::Client } else { Side::Upstream };
+                let mut p = Pump::new(from, Bytes::new());
+                let (mut relayed, mut seen) = (Vec::new(), Vec::new());
+                for mut chunk in stream.chunks(read) {
+                    while !chunk.is_empty() {
+                        let space = p.read_space().expect("drained, so there is space");
+                        let n = space.len().min(chunk.len());
+                        space[..n].copy_from_slice(&chunk[..n]);
+                        p.filled(n);
+                        chunk = &chunk[n..];
+                        seen.extend(parse_all(&mut p, masked));
+                        relayed.extend(drain_output(&mut p));
+                    }
+                }
+                let out = frames(&relayed);
+                assert_eq!(out.len(), expected.len(), "reads of {read}");
+                for ((op, fin, payload, len), got) in expected.iter().zip(&out) {
+                    assert_eq!(
+                        (got.0, got.1, &got.2),
+                        (*op, *fin, payload),
+                        "reads of {read}"
+                    );
+                    assert_eq!(got.3.is_some(), masked);
+                    let frame_len = if masked { *len } else { len - 4 };
+                    let want = format!("data {op} {fin} {frame_len}");
+                    assert!(
+                        seen.contains(&want),
+                        "{want} not in {seen:?}, reads of {read}"
+                    );
+                }
+                if masked {
+                    assert_ne!(
+                        out[2].3,
+                        Some([2, 9, 8, 7]),
+                        "a fresh key replaces the client's"
+                    );
+                }
+                assert!(p.is_drained());
+            }
+        }
     }
 
     #[test]
