@@ -38,6 +38,11 @@ where
     if read != NOTHING_READ {
         progress = true;
         parse_input(&mut src.st, pump, shared)?;
+        // Pass what was just read on at once, before the other direction is looked at: a
+        // message crosses the proxy within one call.
+        if !pump.output().is_empty() {
+            poll_write_out(dst, pump, cx)?;
+        }
     }
     Ok(progress)
 }
