@@ -263,7 +263,7 @@ pub struct Metrics {
     pub peer_timeouts: [IntCounter; 2],
     closes: Vec<IntCounter>,
     /// `frames_total`, `bytes_total` and `messages_total`, sharded per relay thread.
-    frame_counters: std::sync::Arc<FrameCounters>,
+    frame_counters: FrameCounters,
     /// Client request received → 101 sent.
     pub handshake_duration: Histogram,
     /// Lifetime of upgraded sessions.
@@ -331,10 +331,8 @@ impl Metrics {
             .flat_map(|i| CloseReason::ALL.iter().map(move |c| (i, c)))
             .map(|(i, c)| closes.with_label_values(&[i.as_str(), c.as_str()]))
             .collect();
-        let frame_counters = std::sync::Arc::new(FrameCounters::new()?);
-        r.register(Box::new(SharedCollector(std::sync::Arc::clone(
-            &frame_counters,
-        ))))?;
+        let frame_counters = FrameCounters::new()?;
+        r.register(Box::new(frame_counters.clone()))?;
         let handshake_duration = histogram(
             r,
             "handshake_duration_seconds",
@@ -437,19 +435,6 @@ impl Metrics {
     pub fn observe_rtt(&self, side: Side, rtt: Duration) {
         self.pongs_received[side.index()].inc();
         self.ping_rtt[side.index()].observe(rtt.as_secs_f64());
-    }
-}
-
-/// A collector the registry owns while [`Metrics`] keeps using it.
-struct SharedCollector(std::sync::Arc<FrameCounters>);
-
-impl prometheus::core::Collector for SharedCollector {
-    fn desc(&self) -> Vec<&prometheus::core::Desc> {
-        self.0.desc()
-    }
-
-    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        self.0.collect()
     }
 }
 

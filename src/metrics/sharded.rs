@@ -56,7 +56,9 @@ thread_local! {
     static LOCAL: RefCell<Vec<(Weak<Shards>, Arc<Shard>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The three families, summed over the shards at scrape time.
+/// The three families, summed over the shards at scrape time. Clones share the shards: the
+/// registry owns one, [`super::Metrics`] hands out shards from another.
+#[derive(Clone)]
 pub struct FrameCounters {
     shards: Arc<Shards>,
     /// Never incremented: they give the registry its descriptors, and each scrape's families
