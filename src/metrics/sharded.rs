@@ -2,7 +2,7 @@
 //!
 //! Every relay wake-up adds its session's [`Tally`] to these counters. With one shared atomic per
 //! label, the relay threads took turns owning the same cache lines: the 64-byte benchmark ran
-//! 2.5 % faster with the flush switched off (docs/PERFORMANCE.md). So each thread adds into a
+//! 2 % faster with the flush switched off (docs/PERFORMANCE.md). So each thread adds into a
 //! shard of its own, and a scrape sums the shards: writers never share a line, and a scrape
 //! still sees every count flushed before it.
 
