@@ -119,28 +119,6 @@ impl FrameCounters {
             shard
         })
     }
-
-    fn totals(&self) -> Shard {
-        let sum = Shard::default();
-        let add = |to: &AtomicU64, from: &AtomicU64| {
-            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
-        };
-        for shard in self
-            .shards
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            for d in 0..2 {
-                for op in 0..OPCODES.len() {
-                    add(&sum.frames[d][op], &shard.frames[d][op]);
-                }
-                add(&sum.bytes[d], &shard.bytes[d]);
-                add(&sum.messages[d], &shard.messages[d]);
-            }
-        }
-        sum
-    }
 }
 
 impl Collector for FrameCounters {
@@ -152,20 +130,22 @@ impl Collector for FrameCounters {
         let Ok([frames, bytes, messages]) = families() else {
             return Vec::new();
         };
-        let sum = self.totals();
         let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let shards = self.shards.lock().unwrap_or_else(PoisonError::into_inner);
         for side in Side::ALL {
             let (d, dir) = (side.index(), direction_label(side));
             for (op, opcode) in OPCODES.iter().enumerate() {
+                let total = shards.iter().map(|s| get(&s.frames[d][op])).sum();
                 frames
                     .with_label_values(&[dir, frame::opcode_label(*opcode)])
-                    .inc_by(get(&sum.frames[d][op]));
+                    .inc_by(total);
             }
-            bytes.with_label_values(&[dir]).inc_by(get(&sum.bytes[d]));
-            messages
-                .with_label_values(&[dir])
-                .inc_by(get(&sum.messages[d]));
+            let total = shards.iter().map(|s| get(&s.bytes[d])).sum();
+            bytes.with_label_values(&[dir]).inc_by(total);
+            let total = shards.iter().map(|s| get(&s.messages[d])).sum();
+            messages.with_label_values(&[dir]).inc_by(total);
         }
+        drop(shards);
         [frames, bytes, messages]
             .iter()
             .flat_map(Collector::collect)
