@@ -15,7 +15,7 @@ use prometheus::Encoder;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::handshake::{ProxyBody, text_response};
+use crate::body::{ProxyBody, text_response};
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 

@@ -6,13 +6,19 @@
 //!
 //! - [`config`]: clap `Cli` → validated [`config::Config`]; every error reported at once.
 //! - [`server`]: accept loop, per-connection spawn, shutdown wiring; `run(listener, …, shutdown)`.
-//! - [`handshake`]: validates the client's upgrade, dials the upstream, forwards the handshake,
-//!   and reverse-proxies plain HTTP requests.
+//! - [`proxy`]: the HTTP side, one module per job: dispatch, upgrade validation, the upgrade,
+//!   the session's lifecycle, the upstream connector, plain HTTP forwarding and header rules,
+//!   the per-connection context and [`proxy::ProxyError`].
 //! - [`relay`]: the one place that owns a session's two legs: relays frames, answers pings,
 //!   drives both heartbeats, handles closes and reports the outcome.
 //! - [`frame`]: RFC 6455 frame headers and masking, done in place on the relay's buffers.
 //! - [`heartbeat`]: pure per-side ping/timeout state machine (no I/O, time passed in).
-//! - [`metrics`]: owned Prometheus registry and per-connection metric handles.
+//! - [`metrics`]: owned Prometheus registry and per-connection metric handles; records
+//!   [`outcome`] values, imports no proxy type.
+//! - [`net`]: socket options, dialing, and [`net::Conn`], the one stream type the relay runs on.
+//! - [`outcome`]: the vocabulary of how things end (result, initiator, reason, connect error),
+//!   beside [`Side`] and below every layer that speaks it.
+//! - [`body`]: the HTTP body type and small text responses, for both listeners.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/connections` on a separate listener.
 //! - [`sessions`]: the live-session table behind `/connections`.
 //! - [`shutdown`]: SIGTERM/SIGINT future.
@@ -22,13 +28,15 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod demo;
 pub mod frame;
-pub mod handshake;
 pub mod heartbeat;
 pub mod metrics;
 pub mod net;
+pub mod outcome;
+pub mod proxy;
 pub mod relay;
 pub mod server;
 pub mod sessions;

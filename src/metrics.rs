@@ -5,6 +5,10 @@
 //! wake-up. Every label combination is created at start-up, so a scrape shows zeros instead of
 //! gaps, and the per-frame path never looks a label up or takes a lock. No label ever carries a
 //! path, an address or any other client-chosen value.
+//!
+//! Does not own: what the labels mean. Results and reasons are [`crate::outcome`] values that
+//! callers pass in; this module imports no proxy or relay type, as ztunnel's connection guards
+//! take labels rather than proxy objects.
 
 mod sharded;
 
@@ -16,6 +20,7 @@ use prometheus::{
 
 use crate::Side;
 use crate::frame;
+use crate::outcome::{CloseReason, ConnectError, ConnectionResult, Initiator};
 use sharded::FrameCounters;
 pub use sharded::Shard;
 
@@ -70,174 +75,6 @@ pub fn direction_label(from: Side) -> &'static str {
     match from {
         Side::Client => "client_to_upstream",
         Side::Upstream => "upstream_to_client",
-    }
-}
-
-/// How a connection attempt ended, for `connections_total{result}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnectionResult {
-    /// Both legs upgraded; a session ran.
-    Upgraded,
-    /// The upstream answered the upgrade with something other than 101.
-    RejectedByUpstream,
-    /// The upstream could not be reached (refused, reset, DNS, bad handshake).
-    UpstreamUnreachable,
-    /// Connecting or handshaking with the upstream took longer than `--connect-timeout`.
-    UpstreamTimeout,
-    /// The client's upgrade request was malformed.
-    BadRequest,
-}
-
-impl ConnectionResult {
-    /// Every value, in label order.
-    pub const ALL: [ConnectionResult; 5] = [
-        ConnectionResult::Upgraded,
-        ConnectionResult::RejectedByUpstream,
-        ConnectionResult::UpstreamUnreachable,
-        ConnectionResult::UpstreamTimeout,
-        ConnectionResult::BadRequest,
-    ];
-
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectionResult::Upgraded => "upgraded",
-            ConnectionResult::RejectedByUpstream => "rejected_by_upstream",
-            ConnectionResult::UpstreamUnreachable => "upstream_unreachable",
-            ConnectionResult::UpstreamTimeout => "upstream_timeout",
-            ConnectionResult::BadRequest => "bad_request",
-        }
-    }
-}
-
-/// Who started the end of a session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Initiator {
-    /// The client sent a close frame or dropped its connection.
-    Client,
-    /// The upstream sent a close frame or dropped its connection.
-    Upstream,
-    /// wsbeat ended it: a peer timed out, broke the protocol, or the proxy shut down.
-    Proxy,
-}
-
-impl Initiator {
-    /// Every value, in label order.
-    pub const ALL: [Initiator; 3] = [Initiator::Client, Initiator::Upstream, Initiator::Proxy];
-
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Initiator::Client => "client",
-            Initiator::Upstream => "upstream",
-            Initiator::Proxy => "proxy",
-        }
-    }
-}
-
-impl From<Side> for Initiator {
-    fn from(side: Side) -> Self {
-        match side {
-            Side::Client => Initiator::Client,
-            Side::Upstream => Initiator::Upstream,
-        }
-    }
-}
-
-/// Why a session ended, in a small fixed set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Close code 1000.
-    Normal,
-    /// Close code 1001.
-    GoingAway,
-    /// Close code 1002, or wsbeat saw a protocol violation.
-    ProtocolError,
-    /// Close code 1009, or a frame exceeded `--max-frame-size`.
-    TooBig,
-    /// A peer stayed silent past its pong timeout.
-    Timeout,
-    /// A TCP connection ended without a close frame (reset, EOF, write error).
-    IoError,
-    /// The proxy is shutting down.
-    Shutdown,
-    /// Any other close code (application codes 4000-4999 included).
-    Other,
-}
-
-impl CloseReason {
-    /// Every value, in label order.
-    pub const ALL: [CloseReason; 8] = [
-        CloseReason::Normal,
-        CloseReason::GoingAway,
-        CloseReason::ProtocolError,
-        CloseReason::TooBig,
-        CloseReason::Timeout,
-        CloseReason::IoError,
-        CloseReason::Shutdown,
-        CloseReason::Other,
-    ];
-
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Normal => "normal",
-            CloseReason::GoingAway => "going_away",
-            CloseReason::ProtocolError => "protocol_error",
-            CloseReason::TooBig => "too_big",
-            CloseReason::Timeout => "timeout",
-            CloseReason::IoError => "io_error",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::Other => "other",
-        }
-    }
-
-    /// The reason a peer's close code stands for (`None`: a close frame without a code).
-    pub fn from_code(code: Option<u16>) -> CloseReason {
-        match code {
-            None | Some(frame::close_code::NORMAL) => CloseReason::Normal,
-            Some(frame::close_code::GOING_AWAY) => CloseReason::GoingAway,
-            Some(frame::close_code::PROTOCOL_ERROR) => CloseReason::ProtocolError,
-            Some(frame::close_code::TOO_BIG) => CloseReason::TooBig,
-            Some(_) => CloseReason::Other,
-        }
-    }
-}
-
-/// Why connecting to the upstream failed, for `upstream_connect_errors_total{reason}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnectError {
-    /// Name resolution failed or returned nothing.
-    Dns,
-    /// TCP connection refused.
-    Refused,
-    /// Connect or handshake timed out.
-    Timeout,
-    /// The upstream answered, but not with a usable WebSocket handshake.
-    Handshake,
-    /// Any other I/O error.
-    Io,
-}
-
-impl ConnectError {
-    /// Every value, in label order.
-    pub const ALL: [ConnectError; 5] = [
-        ConnectError::Dns,
-        ConnectError::Refused,
-        ConnectError::Timeout,
-        ConnectError::Handshake,
-        ConnectError::Io,
-    ];
-
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectError::Dns => "dns",
-            ConnectError::Refused => "refused",
-            ConnectError::Timeout => "timeout",
-            ConnectError::Handshake => "handshake",
-            ConnectError::Io => "io",
-        }
     }
 }
 
@@ -493,8 +330,8 @@ impl SessionGuard {
     }
 
     /// Records how the session ended.
-    pub fn finish(mut self, outcome: &crate::relay::Outcome) {
-        self.metrics.close(outcome.initiator, outcome.reason);
+    pub fn finish(mut self, initiator: Initiator, reason: CloseReason) {
+        self.metrics.close(initiator, reason);
         self.recorded = true;
     }
 }

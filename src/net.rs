@@ -17,7 +17,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::metrics::ConnectError;
+use crate::outcome::ConnectError;
 
 /// Idle time before the first keepalive probe. Shorter than any load balancer's idle timeout
 /// would not matter (probes carry no data), so this only bounds how long a dead peer goes
@@ -120,20 +120,32 @@ async fn connect_one(addr: SocketAddr, user_timeout: Duration) -> io::Result<Tcp
     socket.connect(addr).await
 }
 
-/// An upgraded connection, whatever carried it. One concrete type keeps the relay compiled once.
+/// A connection of either leg, whatever carries it. One concrete type keeps the relay compiled
+/// once and its fast path unboxed.
+///
+/// Every stream wsbeat makes itself (today plain TCP) is one variant, and is wrapped in `Conn`
+/// *before* hyper sees it: after the upgrade, [`Conn::from_upgraded`] then gets it back with one
+/// downcast, whatever the variant. A TLS stream is one more variant and one more `From`.
 pub enum Conn {
-    /// Plain TCP, taken back from hyper after the upgrade (the fast path).
+    /// Plain TCP (the fast path).
     Tcp(TcpStream),
-    /// Anything hyper would not give back as TCP.
+    /// Anything else hyper handed over, boxed behind its `Upgraded` (the slow path).
     Upgraded(TokioIo<Upgraded>),
 }
 
+impl From<TcpStream> for Conn {
+    fn from(stream: TcpStream) -> Conn {
+        Conn::Tcp(stream)
+    }
+}
+
 impl Conn {
-    /// Unwraps hyper's upgraded connection into the TCP stream underneath, with the bytes hyper
-    /// had already read past the handshake.
+    /// Takes hyper's upgraded connection back as the `Conn` it was served on, with the bytes
+    /// hyper had already read past the handshake. A connection hyper was not given as a `Conn`
+    /// stays boxed.
     pub fn from_upgraded(upgraded: Upgraded) -> (Conn, bytes::Bytes) {
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => (Conn::Tcp(parts.io.into_inner()), parts.read_buf),
+        match upgraded.downcast::<TokioIo<Conn>>() {
+            Ok(parts) => (parts.io.into_inner(), parts.read_buf),
             Err(upgraded) => (Conn::Upgraded(TokioIo::new(upgraded)), bytes::Bytes::new()),
         }
     }
@@ -225,6 +237,52 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let stream = dial("127.0.0.1", port, Duration::ZERO).await.unwrap();
         assert_eq!(SockRef::from(&stream).tcp_user_timeout().unwrap(), None);
+    }
+
+    /// A stream wrapped in `Conn` before hyper serves it comes back unboxed after the upgrade:
+    /// the relay's fast path holds for every variant, not only for a bare `TcpStream`.
+    #[tokio::test]
+    async fn a_conn_served_by_hyper_comes_back_unboxed_after_the_upgrade() {
+        use std::convert::Infallible;
+        use std::sync::Mutex;
+
+        use http::{Request, Response};
+        use hyper::body::Incoming;
+        use hyper::service::service_fn;
+        use tokio::io::AsyncWriteExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = Mutex::new(Some(tx));
+        let svc = service_fn(move |mut req: Request<Incoming>| {
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(hyper::upgrade::on(&mut req));
+            }
+            let mut resp = Response::new(crate::body::empty());
+            *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut()
+                .insert("upgrade", http::HeaderValue::from_static("websocket"));
+            async move { Ok::<_, Infallible>(resp) }
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(Conn::from(tcp)), svc)
+            .with_upgrades();
+        tokio::spawn(served);
+        client
+            .write_all(
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let upgraded = rx.await.unwrap().await.unwrap();
+        let (conn, _) = Conn::from_upgraded(upgraded);
+        assert!(
+            matches!(conn, Conn::Tcp(_)),
+            "boxed: the fast path was lost"
+        );
     }
 
     #[tokio::test]

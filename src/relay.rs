@@ -48,7 +48,8 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use crate::Side;
 use crate::frame::{self, close_code};
 use crate::heartbeat::{Action, Heartbeat, HeartbeatConfig};
-use crate::metrics::{CloseReason, Initiator, Metrics, Shard, Tally};
+use crate::metrics::{Metrics, Shard, Tally};
+use crate::outcome::{CloseReason, Initiator, Outcome};
 use crate::sessions::SessionInfo;
 use crate::shutdown::Drain;
 use pump::{Pump, Violation};
@@ -84,19 +85,6 @@ pub struct Peer<S> {
     pub io: S,
     /// Bytes already read from it past the HTTP handshake.
     pub read_ahead: Bytes,
-}
-
-/// How a session ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    /// Who started the end.
-    pub initiator: Initiator,
-    /// Why.
-    pub reason: CloseReason,
-    /// The close code the initiator sent, when it sent one.
-    pub code: Option<u16>,
-    /// Human-readable detail for the log line.
-    pub detail: &'static str,
 }
 
 /// What a session reports to and listens for, besides its two connections.

@@ -1,8 +1,10 @@
 //! The accept loop: per-connection tasks, the admin listener, and shutdown.
 //!
 //! `run` takes listeners the caller bound (tests bind port 0) and a shutdown future. A
-//! connection's shape is `accept → socket options → HTTP/1.1 (hyper) → handshake::Proxy`, which
-//! spawns the upgraded session into a `TaskTracker` so shutdown can wait for it. Per-connection
+//! connection's shape is `accept → socket options → HTTP/1.1 (hyper) → proxy::Proxy`, which
+//! spawns the upgraded session into a `TaskTracker` so shutdown can wait for it. Serving is
+//! generic over the client's stream: anything that converts into a [`Conn`] (plain TCP today, a
+//! TLS stream next) is served the same way and keeps the relay's unboxed fast path. Per-connection
 //! errors never reach this loop; accept errors (for example running out of file descriptors)
 //! back off instead of spinning.
 
@@ -21,11 +23,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::handshake::Proxy;
 use crate::metrics::Metrics;
-use crate::net;
+use crate::net::{self, Conn};
+use crate::proxy::{ConnContext, Proxy, Scheme};
 use crate::sessions::Sessions;
-use crate::shutdown::Drain;
 use crate::workers::Workers;
 
 /// First pause after a failed accept; doubles up to [`ACCEPT_BACKOFF_MAX`].
@@ -74,13 +75,7 @@ pub async fn run(
         Arc::clone(&state),
         admin_cancel.clone(),
     ));
-    let proxy = Arc::new(Proxy {
-        config,
-        metrics,
-        drain: Arc::new(Drain::default()),
-        tasks: TaskTracker::new(),
-        live,
-    });
+    let proxy = Arc::new(Proxy::new(config, metrics, live));
     let connections = TaskTracker::new();
     tokio::select! {
         () = accept_loop(&listener, &proxy, &connections, &workers) => {}
@@ -97,13 +92,13 @@ pub async fn run(
 /// relay threads stopped (dropping whatever was still running on them).
 async fn drain(state: &AdminState, proxy: &Proxy, connections: &TaskTracker, workers: Workers) {
     state.set_ready(false);
-    proxy.drain.start();
+    proxy.drain().start();
     connections.close();
-    proxy.tasks.close();
-    let deadline = proxy.config.close_timeout + SHUTDOWN_SLACK;
+    proxy.tasks().close();
+    let deadline = proxy.config().close_timeout + SHUTDOWN_SLACK;
     let drained = tokio::time::timeout(deadline, async {
         connections.wait().await;
-        proxy.tasks.wait().await;
+        proxy.tasks().wait().await;
     })
     .await;
     if drained.is_err() {
@@ -156,24 +151,39 @@ fn hand_over(
     let proxy = Arc::clone(proxy);
     workers.spawn(connections.track_future(async move {
         match TcpStream::from_std(std_stream) {
-            Ok(stream) => serve_connection(stream, peer, proxy).await,
+            Ok(stream) => accept_tcp(stream, peer, proxy).await,
             Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection"),
         }
     }));
 }
 
-/// Serves HTTP/1.1 on one client connection until it upgrades, closes or the proxy shuts down.
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
+/// One accepted TCP connection on its relay thread: socket options, then HTTP. (TLS goes
+/// between the two, on the same socket.)
+async fn accept_tcp(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
     if let Err(e) = net::configure_client(&stream) {
         tracing::debug!(%peer, error = %e, "could not set client socket options");
     }
-    let drain = Arc::clone(&proxy.drain);
-    let handshake_timeout = proxy.config.handshake_timeout;
-    let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, peer));
+    let ctx = ConnContext::new(peer, Scheme::Http, None);
+    serve_connection(stream, ctx, proxy).await;
+}
+
+/// Serves HTTP/1.1 on one client connection until it upgrades, closes or the proxy shuts down.
+///
+/// The stream is wrapped in a [`Conn`] before hyper sees it, so that the session takes it back
+/// unboxed after the upgrade, whatever type it was.
+async fn serve_connection<S>(stream: S, ctx: ConnContext, proxy: Arc<Proxy>)
+where
+    S: Into<Conn>,
+{
+    let peer = ctx.peer();
+    let ctx = Arc::new(ctx);
+    let drain = Arc::clone(proxy.drain());
+    let handshake_timeout = proxy.config().handshake_timeout;
+    let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, Arc::clone(&ctx)));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(stream.into()), svc)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -14,7 +14,7 @@ use super::{CTRL_QUEUE_LIMIT, Event, Leg, LegState, Outcome, Shared};
 use crate::Side;
 use crate::frame;
 use crate::heartbeat::PongMatch;
-use crate::metrics::CloseReason;
+use crate::outcome::CloseReason;
 
 /// One round of the direction `src → dst`: write what is pending to `dst`, read from `src`,
 /// parse. Returns whether anything moved.

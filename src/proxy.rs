@@ -1,0 +1,91 @@
+//! The HTTP side of the proxy: what happens to a client's request between hyper and the relay.
+//!
+//! A request is dispatched ([`dispatch`]) either as a WebSocket upgrade or as plain HTTP, since
+//! legacy servers serve pages and long-polling fallbacks on the same port. Each job has its own
+//! module:
+//!
+//! - [`error`]: [`ProxyError`], why a request could not be proxied, with its status, result
+//!   and connect-error label; one response, one log line, one metric increment.
+//! - [`context`]: [`ConnContext`], what is known about one client connection (peer, scheme,
+//!   connection-limit permit), shared by its requests and the session it may become.
+//! - [`dispatch`]: the entry point hyper calls for each request.
+//! - [`validate`]: checks on the client's upgrade request (RFC 6455 4.2.1) and on the
+//!   upstream's answer.
+//! - [`upgrade`]: forwards a valid upgrade to the upstream and builds the client's 101.
+//! - [`session`]: takes both upgraded connections over, runs the relay, records the outcome.
+//! - [`connector`]: dials the upstream and opens an HTTP/1.1 connection on it.
+//! - [`forward`]: reverse-proxies plain HTTP requests.
+//! - [`headers`]: header rules shared by both paths (hop-by-hop, `Host`, `X-Forwarded-*`)
+//!   and the request target on the upstream.
+//!
+//! The upstream handshake uses hyper's client rather than tungstenite's, which rejects answers
+//! that legacy servers give (`Connection: keep-alive, Upgrade`, no subprotocol picked).
+//! Transparency rules: end-to-end headers pass both ways; hop-by-hop headers (RFC 9110 7.6.1
+//! and those named in `Connection`) do not; the proxy makes its own `Sec-WebSocket-Key` toward
+//! the upstream and its own `Sec-WebSocket-Accept` toward the client; subprotocol and extension
+//! negotiation passes through untouched, so permessage-deflate works end to end.
+//!
+//! Does not own: accepting connections and serving HTTP/1.1 on them (`server`), the socket
+//! options and the connection type ([`crate::net`]), or the session's frames ([`crate::relay`]).
+
+mod connector;
+mod context;
+mod dispatch;
+mod error;
+mod forward;
+mod headers;
+mod session;
+mod upgrade;
+mod validate;
+
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::sessions::Sessions;
+use crate::shutdown::Drain;
+
+pub use context::{ConnContext, Scheme};
+pub use error::ProxyError;
+
+/// Everything a connection's requests need, shared by all connections.
+pub struct Proxy {
+    config: Config,
+    metrics: Arc<Metrics>,
+    /// Started when the proxy shuts down; sessions then close with 1001.
+    drain: Arc<Drain>,
+    /// Tracks upgraded sessions so shutdown can wait for them.
+    tasks: TaskTracker,
+    /// Live sessions, for `/connections`.
+    live: Arc<Sessions>,
+}
+
+impl Proxy {
+    /// A proxy for `config` that counts into `metrics` and lists its sessions in `live`.
+    pub fn new(config: Config, metrics: Arc<Metrics>, live: Arc<Sessions>) -> Self {
+        Proxy {
+            config,
+            metrics,
+            drain: Arc::new(Drain::default()),
+            tasks: TaskTracker::new(),
+            live,
+        }
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The drain every session listens to.
+    pub fn drain(&self) -> &Arc<Drain> {
+        &self.drain
+    }
+
+    /// The upgraded sessions, for shutdown to close and wait for.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+}

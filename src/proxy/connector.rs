@@ -1,0 +1,46 @@
+//! The upstream connector: dial the upstream and open an HTTP/1.1 connection on it, with
+//! upgrades enabled. The stream is wrapped in [`Conn`] before hyper sees it, so the relay gets
+//! it back unboxed after the upgrade (see [`Conn::from_upgraded`]); a TLS upstream is one more
+//! step here and one more `Conn` variant.
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1 as client_http1;
+use hyper_util::rt::TokioIo;
+
+use super::Proxy;
+use super::error::ProxyError;
+use crate::body::ProxyBody;
+use crate::net::{self, Conn};
+
+impl Proxy {
+    /// Dials the upstream and sends `req`, all within `--connect-timeout`.
+    pub(super) async fn exchange(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let attempt = async {
+            let mut sender = self.connect().await?;
+            Ok(sender.send_request(req).await?)
+        };
+        tokio::time::timeout(self.config.connect_timeout, attempt)
+            .await
+            .unwrap_or(Err(ProxyError::Timeout))
+    }
+
+    /// Opens an HTTP/1.1 connection to the upstream, with upgrades enabled.
+    pub(super) async fn connect(&self) -> Result<client_http1::SendRequest<ProxyBody>, ProxyError> {
+        let up = &self.config.upstream;
+        let tcp = net::dial(&up.host, up.port, self.config.upstream_tcp_user_timeout).await?;
+        let (sender, conn) = client_http1::Builder::new()
+            .title_case_headers(true)
+            .handshake(TokioIo::new(Conn::from(tcp)))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream HTTP connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}

@@ -1,0 +1,59 @@
+//! What is known about one client connection, shared by its requests and its session.
+//!
+//! A WebSocket session outlives the HTTP task that upgraded it, so the session keeps its own
+//! reference to the context: whatever the context holds (the connection-limit permit above all)
+//! is released only when both the HTTP connection and the session are gone.
+
+use std::net::SocketAddr;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+/// The scheme the client used to reach wsbeat, for `X-Forwarded-Proto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain TCP.
+    Http,
+    /// TLS terminated by wsbeat.
+    Https,
+}
+
+impl Scheme {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// One client connection, as the accept path saw it.
+#[derive(Debug)]
+pub struct ConnContext {
+    peer: SocketAddr,
+    scheme: Scheme,
+    /// Held, never read: dropping the context returns the slot to the connection limit.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ConnContext {
+    /// A connection from `peer` over `scheme`, holding `permit` (if a limit applies) for as
+    /// long as the connection or its session lives.
+    pub fn new(peer: SocketAddr, scheme: Scheme, permit: Option<OwnedSemaphorePermit>) -> Self {
+        ConnContext {
+            peer,
+            scheme,
+            _permit: permit,
+        }
+    }
+
+    /// The client's address as wsbeat's socket saw it.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The scheme the client used.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+}

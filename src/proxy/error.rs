@@ -1,0 +1,142 @@
+//! [`ProxyError`]: why a request, upgrade or plain HTTP, could not be proxied.
+//!
+//! Each variant knows its HTTP status, its `connections_total` result and its
+//! `upstream_connect_errors_total` reason, through exhaustive matches: a new variant does not
+//! compile until it is filed.
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use thiserror::Error;
+
+use crate::body::{ProxyBody, text_response};
+use crate::net::DialError;
+use crate::outcome::{ConnectError, ConnectionResult};
+
+/// Why a request could not be proxied. Each maps to one response, one log line and one metric.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    /// The client's upgrade request is malformed.
+    #[error("bad WebSocket upgrade: {0}")]
+    BadRequest(&'static str),
+    /// The client asked for a WebSocket version other than 13.
+    #[error("unsupported Sec-WebSocket-Version (only 13 is supported)")]
+    UnsupportedVersion,
+    /// Connecting to the upstream failed.
+    #[error("upstream unreachable: {0}")]
+    Unreachable(#[from] DialError),
+    /// The upstream's HTTP exchange failed.
+    #[error("upstream HTTP error: {0}")]
+    UpstreamHttp(#[from] hyper::Error),
+    /// The upstream answered 101 with a wrong or missing `Sec-WebSocket-Accept`.
+    #[error("upstream sent an invalid Sec-WebSocket-Accept")]
+    BadAccept,
+    /// Connecting and handshaking took longer than `--connect-timeout`.
+    #[error("upstream did not answer within the connect timeout")]
+    Timeout,
+}
+
+impl ProxyError {
+    /// The HTTP status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
+            ProxyError::Unreachable(_) | ProxyError::UpstreamHttp(_) | ProxyError::BadAccept => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The `connections_total` result of a failed upgrade.
+    pub fn connection_result(&self) -> ConnectionResult {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::UnsupportedVersion => {
+                ConnectionResult::BadRequest
+            }
+            ProxyError::Unreachable(_) | ProxyError::UpstreamHttp(_) | ProxyError::BadAccept => {
+                ConnectionResult::UpstreamUnreachable
+            }
+            ProxyError::Timeout => ConnectionResult::UpstreamTimeout,
+        }
+    }
+
+    /// The `upstream_connect_errors_total` reason, when the upstream is at fault.
+    pub fn connect_error(&self) -> Option<ConnectError> {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::UnsupportedVersion => None,
+            ProxyError::Unreachable(e) => Some(e.kind()),
+            ProxyError::UpstreamHttp(_) | ProxyError::BadAccept => Some(ConnectError::Handshake),
+            ProxyError::Timeout => Some(ConnectError::Timeout),
+        }
+    }
+
+    /// What the client is told.
+    pub fn client_message(&self) -> Cow<'static, str> {
+        Cow::Owned(self.to_string())
+    }
+
+    /// The response for this error: a one-line text body.
+    pub fn response(&self) -> Response<ProxyBody> {
+        let text = format!("wsbeat: {}\n", self.client_message());
+        let mut resp = text_response(self.status(), text);
+        if matches!(self, ProxyError::UnsupportedVersion) {
+            resp.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn refused(addr: &str) -> ProxyError {
+        let addr: SocketAddr = addr.parse().unwrap();
+        ProxyError::Unreachable(DialError::Connect {
+            addr,
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        })
+    }
+
+    /// Every variant's status, result and connect-error label, as one table.
+    #[test]
+    fn every_variant_is_filed_under_its_status_result_and_reason() {
+        use ConnectionResult as R;
+        let table = [
+            (ProxyError::BadRequest("x"), 400, R::BadRequest, None),
+            (ProxyError::UnsupportedVersion, 426, R::BadRequest, None),
+            (
+                refused("127.0.0.1:1"),
+                502,
+                R::UpstreamUnreachable,
+                Some(ConnectError::Refused),
+            ),
+            (
+                ProxyError::BadAccept,
+                502,
+                R::UpstreamUnreachable,
+                Some(ConnectError::Handshake),
+            ),
+            (
+                ProxyError::Timeout,
+                504,
+                R::UpstreamTimeout,
+                Some(ConnectError::Timeout),
+            ),
+        ];
+        for (e, status, result, reason) in table {
+            assert_eq!(e.status().as_u16(), status, "{e}");
+            assert_eq!(e.connection_result(), result, "{e}");
+            assert_eq!(e.connect_error(), reason, "{e}");
+        }
+    }
+}

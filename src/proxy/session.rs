@@ -1,0 +1,91 @@
+//! A session's life after the 101: take both upgraded connections back from hyper, register
+//! the session for `/connections`, run the relay, and record how it ended (log line and
+//! metrics).
+
+use std::sync::Arc;
+
+use hyper::upgrade::{OnUpgrade, Upgraded};
+
+use super::Proxy;
+use super::context::ConnContext;
+use crate::Side;
+use crate::metrics::SessionGuard;
+use crate::net::Conn;
+use crate::relay::{self, Peer, RelayConfig, SessionContext};
+
+impl Proxy {
+    fn relay_config(&self) -> RelayConfig {
+        RelayConfig {
+            client: self.config.client_heartbeat,
+            upstream: self.config.upstream_heartbeat,
+            close_timeout: self.config.close_timeout,
+            max_frame_size: self.config.max_frame_size,
+        }
+    }
+
+    /// Waits for both upgrades, then relays until the session ends, and records its outcome.
+    /// `ctx` is held to the end, so whatever it guards (the connection-limit permit) lives as
+    /// long as the session.
+    pub(super) async fn session(
+        self: Arc<Self>,
+        client_upgrade: OnUpgrade,
+        upstream_upgrade: OnUpgrade,
+        ctx: Arc<ConnContext>,
+        path: String,
+        extensions: bool,
+    ) {
+        let client = ctx.peer();
+        let (client_io, upstream_io) = match take_over(client_upgrade, upstream_upgrade).await {
+            Ok(pair) => pair,
+            Err((side, e)) => {
+                tracing::warn!(%client, path, side = side.as_str(), error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let guard = SessionGuard::new(&self.metrics);
+        let registration = self.live.register(client, path.clone());
+        let (client_io, client_ahead) = Conn::from_upgraded(client_io);
+        let (upstream_io, upstream_ahead) = Conn::from_upgraded(upstream_io);
+        tracing::debug!(%client, path, "session started");
+        let outcome = relay::run(
+            Peer {
+                io: client_io,
+                read_ahead: client_ahead,
+            },
+            Peer {
+                io: upstream_io,
+                read_ahead: upstream_ahead,
+            },
+            SessionContext {
+                cfg: self.relay_config(),
+                drain: Arc::clone(&self.drain),
+                metrics: Arc::clone(&self.metrics),
+                info: Arc::clone(registration.info()),
+                extensions,
+            },
+        )
+        .await;
+        tracing::info!(
+            %client,
+            path,
+            duration_ms = guard.age().as_millis() as u64,
+            initiator = outcome.initiator.as_str(),
+            reason = outcome.reason.as_str(),
+            code = outcome.code,
+            detail = outcome.detail,
+            "session ended"
+        );
+        guard.finish(outcome.initiator, outcome.reason);
+    }
+}
+
+/// Both legs' connections once hyper hands them over, or the side whose upgrade failed first.
+async fn take_over(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+) -> Result<(Upgraded, Upgraded), (Side, hyper::Error)> {
+    tokio::try_join!(
+        async { client.await.map_err(|e| (Side::Client, e)) },
+        async { upstream.await.map_err(|e| (Side::Upstream, e)) },
+    )
+}
