@@ -132,7 +132,8 @@ async fn two_requests_on_one_keep_alive_client_connection_are_both_proxied() {
 }
 
 #[tokio::test]
-async fn plain_http_to_a_refused_upstream_gets_502() {
+/// The client learns only that the upstream is unreachable, never its address or port.
+async fn plain_http_to_a_refused_upstream_gets_502_without_naming_it() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -141,8 +142,12 @@ async fn plain_http_to_a_refused_upstream_gets_502() {
     let url = format!("http://{addr}");
     let proxy = spawn_proxy(&["--upstream", &url]).await;
     let request = "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
-    let (head, _body) = http_exchange(proxy.addr, request).await;
+    let (head, body) = http_exchange(proxy.addr, request).await;
     assert_eq!(head.status(), 502, "{head:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "wsbeat: upstream unreachable\n"
+    );
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //!
 //! Each variant knows its HTTP status, its `connections_total` result and its
 //! `upstream_connect_errors_total` reason, through exhaustive matches: a new variant does not
-//! compile until it is filed.
+//! compile until it is filed. The client is told what it did wrong, or that the upstream failed,
+//! but never which host or address the upstream is; that goes to the log only.
 
 use std::borrow::Cow;
 
@@ -73,9 +74,17 @@ impl ProxyError {
         }
     }
 
-    /// What the client is told.
+    /// What the client is told. Its own mistakes in full; upstream trouble without the
+    /// upstream's name, address or port, which only the log carries.
     pub fn client_message(&self) -> Cow<'static, str> {
-        Cow::Owned(self.to_string())
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::UnsupportedVersion => {
+                Cow::Owned(self.to_string())
+            }
+            ProxyError::Unreachable(_) => Cow::Borrowed("upstream unreachable"),
+            ProxyError::UpstreamHttp(_) => Cow::Borrowed("upstream HTTP error"),
+            ProxyError::BadAccept | ProxyError::Timeout => Cow::Owned(self.to_string()),
+        }
     }
 
     /// The response for this error: a one-line text body.
@@ -105,6 +114,19 @@ mod tests {
             addr,
             source: io::Error::from(io::ErrorKind::ConnectionRefused),
         })
+    }
+
+    /// The log line (Display) names the upstream; the client's message does not.
+    #[test]
+    fn unreachable_upstream_is_named_in_the_log_but_not_to_the_client() {
+        let e = refused("10.9.8.7:6543");
+        assert!(e.to_string().contains("10.9.8.7:6543"), "{e}");
+        assert_eq!(e.client_message(), "upstream unreachable");
+        let dns = ProxyError::Unreachable(DialError::Resolve {
+            host: "legacy.internal".into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        });
+        assert_eq!(dns.client_message(), "upstream unreachable");
     }
 
     /// Every variant's status, result and connect-error label, as one table.
