@@ -113,11 +113,14 @@ pub enum CloseReason {
     Shutdown,
     /// Any other close code (application codes 4000-4999 included).
     Other,
+    /// The 101 was sent, but one leg's connection failed before it could be taken over for the
+    /// session (the initiator says which leg).
+    UpgradeFailed,
 }
 
 impl CloseReason {
     /// Every value, in label order.
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Normal,
         CloseReason::GoingAway,
         CloseReason::ProtocolError,
@@ -126,6 +129,7 @@ impl CloseReason {
         CloseReason::IoError,
         CloseReason::Shutdown,
         CloseReason::Other,
+        CloseReason::UpgradeFailed,
     ];
 
     /// Metric label.
@@ -139,6 +143,7 @@ impl CloseReason {
             CloseReason::IoError => "io_error",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Other => "other",
+            CloseReason::UpgradeFailed => "upgrade_failed",
         }
     }
 

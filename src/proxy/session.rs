@@ -1,6 +1,6 @@
 //! A session's life after the 101: take both upgraded connections back from hyper, register
 //! the session for `/connections`, run the relay, and record how it ended (log line and
-//! metrics).
+//! metrics). An upgrade that fails after the 101 is recorded here too, once.
 
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use super::context::ConnContext;
 use crate::Side;
 use crate::metrics::SessionGuard;
 use crate::net::Conn;
+use crate::outcome::{CloseReason, Initiator};
 use crate::relay::{self, Peer, RelayConfig, SessionContext};
 
 impl Proxy {
@@ -39,6 +40,8 @@ impl Proxy {
             Ok(pair) => pair,
             Err((side, e)) => {
                 tracing::warn!(%client, path, side = side.as_str(), error = %e, "upgrade did not complete");
+                self.metrics
+                    .close(Initiator::from(side), CloseReason::UpgradeFailed);
                 return;
             }
         };
@@ -88,4 +91,55 @@ async fn take_over(
         async { client.await.map_err(|e| (Side::Client, e)) },
         async { upstream.await.map_err(|e| (Side::Upstream, e)) },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use http::Request;
+    use prometheus::Encoder;
+
+    use super::*;
+    use crate::config::{Cli, Config};
+    use crate::metrics::Metrics;
+    use crate::proxy::Scheme;
+
+    fn scrape(m: &Metrics) -> String {
+        let mut out = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&m.gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// After the 101, a leg whose connection hyper cannot hand over (here: none to hand over)
+    /// ends the session before it starts. It is counted once, as a close with its own reason,
+    /// and no session is left active.
+    #[tokio::test]
+    async fn upgrade_failing_after_the_101_is_one_upgrade_failed_close() {
+        let cli = Cli::try_parse_from(["wsbeat", "--upstream", "ws://127.0.0.1:9"]).unwrap();
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let proxy = Arc::new(Proxy::new(
+            Config::try_from(cli).unwrap(),
+            Arc::clone(&metrics),
+            Arc::default(),
+        ));
+        let ctx = ConnContext::new("127.0.0.1:1".parse().unwrap(), Scheme::Http, None);
+        // Requests hyper never served carry no upgrade: awaiting them fails at once.
+        let client = hyper::upgrade::on(Request::new(()));
+        let upstream = hyper::upgrade::on(Request::new(()));
+        proxy
+            .session(client, upstream, Arc::new(ctx), "/".into(), false)
+            .await;
+        let text = scrape(&metrics);
+        let line = r#"wsbeat_closes_total{initiator="client",reason="upgrade_failed"} 1"#;
+        assert!(text.contains(line), "{text}");
+        assert!(text.contains("wsbeat_connections_active 0"));
+        let closes: u64 = text
+            .lines()
+            .filter(|l| l.starts_with("wsbeat_closes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(closes, 1, "counted once");
+    }
 }
