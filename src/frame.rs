@@ -11,76 +11,76 @@
 use thiserror::Error;
 
 /// Continuation of a fragmented message.
-pub const OP_CONTINUATION: u8 = 0x0;
+pub(crate) const OP_CONTINUATION: u8 = 0x0;
 /// Text data frame.
-pub const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_TEXT: u8 = 0x1;
 /// Binary data frame.
-pub const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_BINARY: u8 = 0x2;
 /// Close control frame.
-pub const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_CLOSE: u8 = 0x8;
 /// Ping control frame.
-pub const OP_PING: u8 = 0x9;
+pub(crate) const OP_PING: u8 = 0x9;
 /// Pong control frame.
-pub const OP_PONG: u8 = 0xA;
+pub(crate) const OP_PONG: u8 = 0xA;
 
 /// Largest payload a control frame may carry (RFC 6455 5.5).
-pub const MAX_CONTROL_PAYLOAD: usize = 125;
+pub(crate) const MAX_CONTROL_PAYLOAD: usize = 125;
 /// Longest possible frame header: 2 + 8 (extended length) + 4 (mask).
-pub const MAX_HEADER_LEN: usize = 14;
+pub(crate) const MAX_HEADER_LEN: usize = 14;
 /// Longest possible control frame on the wire.
-pub const MAX_CONTROL_FRAME: usize = MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD;
+pub(crate) const MAX_CONTROL_FRAME: usize = MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD;
 
 /// Close status codes wsbeat sends itself.
-pub mod close_code {
+pub(crate) mod close_code {
     /// Normal closure.
-    pub const NORMAL: u16 = 1000;
+    pub(crate) const NORMAL: u16 = 1000;
     /// The endpoint is going away (the other leg died, or the proxy shuts down).
-    pub const GOING_AWAY: u16 = 1001;
+    pub(crate) const GOING_AWAY: u16 = 1001;
     /// The peer broke the protocol.
-    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub(crate) const PROTOCOL_ERROR: u16 = 1002;
     /// A frame exceeded `--max-frame-size`.
-    pub const TOO_BIG: u16 = 1009;
+    pub(crate) const TOO_BIG: u16 = 1009;
     /// Unexpected condition on the server side (used toward clients when the upstream died).
-    pub const INTERNAL_ERROR: u16 = 1011;
+    pub(crate) const INTERNAL_ERROR: u16 = 1011;
 }
 
 /// A parsed frame header. The payload follows `header_len` bytes after the header start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// Final fragment of a message.
-    pub fin: bool,
+    pub(crate) fin: bool,
     /// RSV1..RSV3 as the low three bits (RSV1 = 0b100).
-    pub rsv: u8,
+    pub(crate) rsv: u8,
     /// Opcode (4 bits).
-    pub opcode: u8,
+    pub(crate) opcode: u8,
     /// Masking key, present on frames from clients.
-    pub mask: Option<[u8; 4]>,
+    pub(crate) mask: Option<[u8; 4]>,
     /// Payload length in bytes.
-    pub payload_len: u64,
+    pub(crate) payload_len: u64,
     /// Header length in bytes (2 to 14).
-    pub header_len: usize,
+    pub(crate) header_len: usize,
 }
 
 impl Header {
     /// Control frames have the high opcode bit set (close, ping, pong and reserved 0xB-0xF).
-    pub fn is_control(&self) -> bool {
+    pub(crate) fn is_control(&self) -> bool {
         self.opcode & 0x8 != 0
     }
 
     /// Header plus payload.
-    pub fn frame_len(&self) -> u64 {
+    pub(crate) fn frame_len(&self) -> u64 {
         self.header_len as u64 + self.payload_len
     }
 
     /// Offset of the masking key within the header, if masked.
-    pub fn mask_offset(&self) -> Option<usize> {
+    pub(crate) fn mask_offset(&self) -> Option<usize> {
         self.mask.map(|_| self.header_len - 4)
     }
 }
 
 /// A header that can never be valid, whatever follows.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// The 64-bit length had its most significant bit set (RFC 6455 5.2).
     #[error("frame length has the most significant bit set")]
     LengthOverflow,
@@ -90,7 +90,7 @@ pub enum FrameError {
 ///
 /// # Errors
 /// [`FrameError`] when the bytes cannot start a valid frame.
-pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
+pub(crate) fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
@@ -132,7 +132,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
 }
 
 /// Appends a complete frame (header and payload) to `out`, masked with `mask` if given.
-pub fn encode_frame(
+pub(crate) fn encode_frame(
     out: &mut Vec<u8>,
     fin: bool,
     opcode: u8,
@@ -164,7 +164,7 @@ pub fn encode_frame(
 }
 
 /// Appends a close frame with `code` and `reason` (truncated to fit 125 bytes on a char boundary).
-pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str, mask: Option<[u8; 4]>) {
+pub(crate) fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str, mask: Option<[u8; 4]>) {
     let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
     payload[..2].copy_from_slice(&code.to_be_bytes());
     let mut cut = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
@@ -176,7 +176,7 @@ pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str, mask: Option<[u8
 }
 
 /// Reads the status code of an unmasked close payload: `None` for an empty payload.
-pub fn close_code_of(payload: &[u8]) -> Option<u16> {
+pub(crate) fn close_code_of(payload: &[u8]) -> Option<u16> {
     match payload {
         [a, b, ..] => Some(u16::from_be_bytes([*a, *b])),
         _ => None,
@@ -186,7 +186,7 @@ pub fn close_code_of(payload: &[u8]) -> Option<u16> {
 /// XORs `buf` with `key`, as if `buf` started `offset` bytes into a masked payload.
 ///
 /// Masking is its own inverse, and XOR with `old ^ new` unmasks and re-masks in one pass.
-pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
+pub(crate) fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let key = rotate_key(key, offset);
     // The key four times over: 16 bytes per XOR, which the compiler keeps in one SSE register.
     let wide = u128::from(u32::from_ne_bytes(key)) * 0x0000_0001_0000_0001_0000_0001_0000_0001;
@@ -208,7 +208,7 @@ fn rotate_key(key: [u8; 4], offset: usize) -> [u8; 4] {
 }
 
 /// XOR of two masking keys: applying it turns a payload masked with `a` into one masked with `b`.
-pub fn xor_keys(a: [u8; 4], b: [u8; 4]) -> [u8; 4] {
+pub(crate) fn xor_keys(a: [u8; 4], b: [u8; 4]) -> [u8; 4] {
     [a[0] ^ b[0], a[1] ^ b[1], a[2] ^ b[2], a[3] ^ b[3]]
 }
 
@@ -223,7 +223,7 @@ thread_local! {
 
 /// A fresh, unpredictable masking key (RFC 6455 5.3), from `rand`'s cryptographically secure
 /// thread-local generator.
-pub fn random_mask() -> [u8; 4] {
+pub(crate) fn random_mask() -> [u8; 4] {
     MASK_POOL.with(|pool| {
         let (bytes, next) = &mut *pool.borrow_mut();
         if *next == MASK_POOL_BYTES {
@@ -242,7 +242,7 @@ pub fn random_mask() -> [u8; 4] {
 }
 
 /// Metric label for an opcode.
-pub fn opcode_label(opcode: u8) -> &'static str {
+pub(crate) fn opcode_label(opcode: u8) -> &'static str {
     match opcode {
         OP_CONTINUATION => "continuation",
         OP_TEXT => "text",

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Length of the payload of the pings we send.
-pub const PING_PAYLOAD_LEN: usize = 8;
+pub(crate) const PING_PAYLOAD_LEN: usize = 8;
 /// Tag that starts our ping payloads, so a foreign pong is never mistaken for ours.
 const PING_TAG: [u8; 2] = *b"wb";
 /// How far ahead `poll_timeout` looks when every timer is off, counted from the last
@@ -46,7 +46,7 @@ impl HeartbeatConfig {
 
 /// What the driver must do after [`Heartbeat::handle_timeout`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Send a ping frame with this payload to the peer.
     SendPing([u8; PING_PAYLOAD_LEN]),
     /// The peer stayed silent for the whole timeout after a ping: drop it.
@@ -55,7 +55,7 @@ pub enum Action {
 
 /// How a received pong relates to our pings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PongMatch {
+pub(crate) enum PongMatch {
     /// It echoes our latest ping; `rtt` is the time since that ping was sent.
     Ours { rtt: Duration },
     /// Unsolicited, or an answer to an older ping: ignored apart from proving liveness.
@@ -64,7 +64,7 @@ pub enum PongMatch {
 
 /// Heartbeat state of one leg.
 #[derive(Debug)]
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     cfg: HeartbeatConfig,
     /// When the next ping is due (meaningless when pings are off).
     next_ping: Instant,
@@ -77,7 +77,7 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// Starts the schedule at `now`: the first ping is due one interval later.
-    pub fn new(cfg: HeartbeatConfig, now: Instant) -> Self {
+    pub(crate) fn new(cfg: HeartbeatConfig, now: Instant) -> Self {
         Heartbeat {
             cfg,
             next_ping: now + cfg.interval,
@@ -89,12 +89,12 @@ impl Heartbeat {
 
     /// Any frame arrived from the peer: it is alive. No time is needed: liveness only clears
     /// the pending expiry, so the relay can report it without reading the clock per read.
-    pub fn on_activity(&mut self) {
+    pub(crate) fn on_activity(&mut self) {
         self.awaiting_since = None;
     }
 
     /// A pong arrived. It also counts as activity.
-    pub fn on_pong(&mut self, payload: &[u8], now: Instant) -> PongMatch {
+    pub(crate) fn on_pong(&mut self, payload: &[u8], now: Instant) -> PongMatch {
         self.on_activity();
         match (self.last_ping, parse_payload(payload)) {
             (Some((seq, sent)), Some(got)) if got == seq => {
@@ -108,7 +108,8 @@ impl Heartbeat {
     }
 
     /// True while a ping is outstanding and the peer has said nothing since.
-    pub fn is_awaiting(&self) -> bool {
+    #[cfg(test)]
+    fn is_awaiting(&self) -> bool {
         self.awaiting_since.is_some()
     }
 
@@ -116,7 +117,7 @@ impl Heartbeat {
     ///
     /// Activity only ever moves deadlines later, so a driver may keep a timer armed for an
     /// earlier instant: `handle_timeout` then does nothing and the driver re-arms.
-    pub fn poll_timeout(&self) -> Instant {
+    pub(crate) fn poll_timeout(&self) -> Instant {
         let ping = (!self.cfg.interval.is_zero()).then_some(self.next_ping);
         let expiry = match (self.awaiting_since, self.cfg.timeout.is_zero()) {
             (Some(since), false) => Some(since + self.cfg.timeout),
@@ -132,7 +133,7 @@ impl Heartbeat {
     }
 
     /// Acts on the clock reaching `now`: expiry wins over a due ping.
-    pub fn handle_timeout(&mut self, now: Instant) -> Option<Action> {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Option<Action> {
         if let Some(since) = self.awaiting_since
             && !self.cfg.timeout.is_zero()
             && now >= since + self.cfg.timeout

@@ -1,8 +1,8 @@
 //! The session: the one place that owns both legs of an upgraded connection.
 //!
-//! Owns: relaying frames both ways ([`pump`]), answering pings, driving each leg's
-//! [`Heartbeat`], close handling and the session's [`Outcome`]. Does not own: the handshake, the
-//! sockets' options, or counting connections (the server does those).
+//! Owns: relaying frames both ways ([`pump`]), answering pings, driving each leg's heartbeat,
+//! close handling and the session's [`Outcome`]. Does not own: the handshake, the sockets'
+//! options, or counting connections (the server does those).
 //!
 //! Why a hand-written `poll` instead of a `select!` loop with `send().await` in the arm bodies:
 //! a send that waits for a slow peer would stop the whole loop, so the other direction and both
@@ -16,23 +16,23 @@
 //! Our control frames go into a leg's stream only at a frame boundary.
 //!
 //! When a leg dies (pong timeout, or TCP ends without a close frame) it is dropped at once and the
-//! survivor gets a close frame: 1001 toward the upstream, 1011 toward the client.
+//! survivor gets a close frame ([`leg::CloseFrame::for_survivor`] decides which).
 //!
-//! Timers: each leg has its own [`Heartbeat`] with its own interval and timeout, so the legs are
-//! pinged and timed out independently; one `Sleep` per session is armed for the earlier of the
-//! two deadlines. One timer-wheel entry instead of two saved memory and CPU per idle session
-//! (docs/PERFORMANCE.md), and activity never needs the timer moved (deadlines only move later).
-//! The timer is armed at the next multiple of a grid shared by all sessions (a sixteenth of the
-//! shortest interval or timeout, at most 250 ms), so heartbeats due close together fire in one
-//! tick: this thread wakes once to send a batch of pings, and each peer wakes once to answer
-//! them, instead of once per ping. Each wake-up of a sleeping thread costs an inter-processor
-//! interrupt. With 9,000 idle
-//! sessions the batches cut epoll wake-ups 5× and CPU per ping from 9.6 to 8.7 µs
-//! (docs/PERFORMANCE.md). A heartbeat is at most one grid step late.
+//! Layout: [`leg`] holds a leg's state as enums (what may still be read, how far the close
+//! toward it has come), [`pump`] one direction's buffer and framing, [`direction`] the I/O of
+//! one direction, and [`timers`] every deadline of the session in one table.
+//!
+//! Timers: each leg has its own heartbeat with its own interval and timeout, so the legs are
+//! pinged and timed out independently. All of a session's deadlines (both heartbeats, the close
+//! handshake) live in one [`timers::TimerTable`], and one `Sleep` is armed for the earliest.
+//! Activity never needs the timer moved: heartbeat deadlines only move later, so a timer that
+//! fires early finds nothing due and is re-armed.
 
 mod direction;
+mod leg;
 mod pool;
-pub mod pump;
+mod pump;
+mod timers;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,12 +47,14 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::Side;
 use crate::frame::{self, close_code};
-use crate::heartbeat::{Action, Heartbeat, HeartbeatConfig};
+use crate::heartbeat::{Action, HeartbeatConfig};
 use crate::metrics::{Metrics, Shard, Tally};
 use crate::outcome::{CloseReason, Initiator, Outcome};
 use crate::sessions::SessionInfo;
 use crate::shutdown::Drain;
+use leg::{CloseFrame, Failure, LegState};
 use pump::{Pump, Violation};
+use timers::{Timer, TimerTable, on_grid, timer_grid};
 
 /// Control bytes queued for one leg beyond which we stop reading its pings: a peer that floods
 /// pings while not reading our pongs is throttled instead of growing a queue.
@@ -61,10 +63,6 @@ const CTRL_QUEUE_LIMIT: usize = 4 * 1024;
 const ROUNDS_PER_POLL: usize = 32;
 /// How long to wait for a peer to accept our FIN after a finished session.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
-/// Heartbeat deadlines are rounded up to a grid of this fraction of the shortest period...
-const TIMER_GRID_DIVISOR: u32 = 16;
-/// ...but never coarser than this.
-const TIMER_GRID_MAX: Duration = Duration::from_millis(250);
 
 /// Settings of a session.
 #[derive(Clone, Copy, Debug)]
@@ -114,83 +112,6 @@ where
     outcome
 }
 
-/// Per-leg state that does not depend on the I/O type.
-struct LegState {
-    side: Side,
-    hb: Heartbeat,
-    /// Encoded pings and pongs waiting to be written to this leg.
-    ctrl: Vec<u8>,
-    ctrl_pos: usize,
-    /// Our own close frame, written once the stream into this leg is drained.
-    close_out: Option<(u16, &'static str)>,
-    /// Our close frame is in `ctrl`; when `ctrl` empties, the leg has been sent a close.
-    close_queued: bool,
-    got_close: bool,
-    sent_close: bool,
-    /// Nothing more will be read (EOF after its close, or we stopped listening).
-    read_done: bool,
-    /// Dropped: no more I/O at all.
-    dead: bool,
-    /// A read (write) returned `Pending` during this wake-up, so the waker is registered: do not
-    /// poll that side again until the next wake-up (each pending poll costs a registration).
-    read_parked: bool,
-    write_parked: bool,
-}
-
-impl LegState {
-    fn new(side: Side, cfg: HeartbeatConfig, now: Instant) -> Self {
-        LegState {
-            side,
-            hb: Heartbeat::new(cfg, now),
-            ctrl: Vec::new(),
-            ctrl_pos: 0,
-            close_out: None,
-            close_queued: false,
-            got_close: false,
-            sent_close: false,
-            read_done: false,
-            dead: false,
-            read_parked: false,
-            write_parked: false,
-        }
-    }
-
-    /// Frames to this leg are masked when it is the upstream (we are its client).
-    fn mask(&self) -> Option<[u8; 4]> {
-        (self.side == Side::Upstream).then(frame::random_mask)
-    }
-
-    fn queue_control(&mut self, opcode: u8, payload: &[u8]) {
-        if self.close_out.is_some() || self.close_queued || self.sent_close || self.dead {
-            return;
-        }
-        let mask = self.mask();
-        frame::encode_frame(&mut self.ctrl, true, opcode, payload, mask);
-    }
-
-    fn pending_ctrl(&self) -> &[u8] {
-        &self.ctrl[self.ctrl_pos..]
-    }
-
-    fn ctrl_written(&mut self, n: usize) {
-        self.ctrl_pos += n;
-        if self.ctrl_pos == self.ctrl.len() {
-            self.ctrl.clear();
-            self.ctrl_pos = 0;
-            if self.close_queued {
-                self.sent_close = true;
-            }
-            if self.ctrl.capacity() > 2 * frame::MAX_CONTROL_FRAME {
-                self.ctrl = Vec::new();
-            }
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.dead || (self.sent_close && (self.got_close || self.read_done))
-    }
-}
-
 struct Leg<S> {
     io: Option<S>,
     st: LegState,
@@ -222,7 +143,9 @@ struct Session<C, U> {
     c2u: Pump,
     u2c: Pump,
     cfg: RelayConfig,
-    /// One timer for both legs, armed for the earlier of their heartbeat deadlines.
+    /// Every deadline of the session.
+    timers: TimerTable,
+    /// One `Sleep` for the whole table, armed for its earliest deadline.
     timer: Pin<Box<Sleep>>,
     /// The timer was polled since it was last armed, so it will wake this task when due.
     timer_registered: bool,
@@ -233,7 +156,6 @@ struct Session<C, U> {
     drain_registered: bool,
     cancelled: bool,
     closing: bool,
-    close_deadline: Option<Pin<Box<Sleep>>>,
     outcome: Option<Outcome>,
     metrics: Arc<Metrics>,
     info: Arc<SessionInfo>,
@@ -257,30 +179,37 @@ where
             extensions,
         } = ctx;
         let now = Instant::now();
-        let mut c2u = Pump::new(Side::Client, client.read_ahead);
-        let mut u2c = Pump::new(Side::Upstream, upstream.read_ahead);
-        c2u.strict = !extensions;
-        u2c.strict = !extensions;
+        let c2u = Pump::new(client.read_ahead, !extensions);
+        let u2c = Pump::new(upstream.read_ahead, !extensions);
+        let client = Leg {
+            io: Some(client.io),
+            st: LegState::new(Side::Client, cfg.client, now),
+        };
+        let upstream = Leg {
+            io: Some(upstream.io),
+            st: LegState::new(Side::Upstream, cfg.upstream, now),
+        };
+        let mut timers = TimerTable::default();
+        let grid = timer_grid(&cfg);
+        for leg in [&client.st, &upstream.st] {
+            let at = on_grid(leg.hb.poll_timeout(), grid);
+            timers.set(Timer::heartbeat(leg.side()), at);
+        }
+        let first = timers.next().unwrap_or(now);
         Session {
-            client: Leg {
-                io: Some(client.io),
-                st: LegState::new(Side::Client, cfg.client, now),
-            },
-            upstream: Leg {
-                io: Some(upstream.io),
-                st: LegState::new(Side::Upstream, cfg.upstream, now),
-            },
             c2u,
             u2c,
+            client,
+            upstream,
             cfg,
-            timer: Box::pin(tokio::time::sleep_until(now)),
+            timers,
+            timer: Box::pin(tokio::time::sleep_until(first)),
             timer_registered: false,
             drain_wait: Box::pin(drain.token().clone().cancelled_owned()),
             drain,
             drain_registered: false,
             cancelled: false,
             closing: false,
-            close_deadline: None,
             outcome: None,
             shard: metrics.shard(),
             metrics,
@@ -292,14 +221,8 @@ where
 
     /// Drives everything that is ready; completes when both legs are done.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        if !self.cancelled && (!self.drain_registered || self.drain.is_started()) {
-            self.drain_registered = true;
-            if self.drain_wait.as_mut().poll(cx).is_ready() {
-                self.cancelled = true;
-                self.on_shutdown();
-            }
-        }
-        self.poll_heartbeats(cx);
+        self.poll_drain(cx);
+        let close_expired = self.poll_timers(cx);
         for leg in [&mut self.client.st, &mut self.upstream.st] {
             leg.read_parked = false;
             leg.write_parked = false;
@@ -312,6 +235,30 @@ where
                 break;
             }
         }
+        self.publish();
+        if self.client.st.done() && self.upstream.st.done() {
+            return Poll::Ready(self.finish());
+        }
+        if close_expired || (self.closing && self.start_close_deadline(cx)) {
+            tracing::debug!("close handshake did not finish in time; dropping both legs");
+            return Poll::Ready(self.finish());
+        }
+        Poll::Pending
+    }
+
+    /// Starts the close handshake when the drain begins.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) {
+        if !self.cancelled && (!self.drain_registered || self.drain.is_started()) {
+            self.drain_registered = true;
+            if self.drain_wait.as_mut().poll(cx).is_ready() {
+                self.cancelled = true;
+                self.on_shutdown();
+            }
+        }
+    }
+
+    /// Hands this wake-up's frame counts and received bytes to the metrics and `/connections`.
+    fn publish(&mut self) {
         if self.tally.is_dirty() {
             self.shard.flush(&mut self.tally);
         }
@@ -324,19 +271,6 @@ where
                 }
             }
         }
-        if self.client.st.done() && self.upstream.st.done() {
-            return Poll::Ready(self.finish());
-        }
-        if self.closing {
-            let deadline = self
-                .close_deadline
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(self.cfg.close_timeout)));
-            if deadline.as_mut().poll(cx).is_ready() {
-                tracing::debug!("close handshake did not finish in time; dropping both legs");
-                return Poll::Ready(self.finish());
-            }
-        }
-        Poll::Pending
     }
 
     fn finish(&mut self) -> Outcome {
@@ -390,7 +324,7 @@ where
         match event {
             Event::Lost(side) => {
                 self.record(side.into(), CloseReason::IoError, None, "connection lost");
-                self.kill(side, lost_reason(side));
+                self.kill(side, Failure::Lost);
             }
             Event::Violation(side, v) => self.on_violation(side, v),
         }
@@ -413,16 +347,16 @@ where
     }
 
     /// Drops `side` at once and tells the other side with a close frame.
-    fn kill(&mut self, side: Side, why: (u16, &'static str)) {
+    fn kill(&mut self, side: Side, failure: Failure) {
         match side {
             Side::Client => self.client.io = None,
             Side::Upstream => self.upstream.io = None,
         }
         let (dead, into_dead, from_dead, other) = self.parts(side);
-        dead.dead = true;
+        dead.drop_link();
         into_dead.drop_output();
         from_dead.source_gone();
-        notify(other, why);
+        other.owe_close(CloseFrame::for_survivor(side, failure));
     }
 
     fn on_violation(&mut self, side: Side, v: Violation) {
@@ -436,25 +370,32 @@ where
             "protocol violation; closing the session"
         );
         self.record(Initiator::Proxy, reason, Some(code), detail);
-        let other_why = match side {
-            Side::Client => (close_code::GOING_AWAY, "client protocol error"),
-            Side::Upstream => (close_code::INTERNAL_ERROR, "upstream protocol error"),
-        };
         let (bad, into_bad, from_bad, other) = self.parts(side);
-        bad.read_done = true;
+        bad.stop_reading();
         from_bad.source_gone();
         into_bad.drain();
-        notify(bad, (code, detail));
-        notify(other, other_why);
+        bad.owe_close(CloseFrame {
+            code,
+            reason: detail,
+        });
+        other.owe_close(CloseFrame::for_survivor(side, Failure::ProtocolError));
     }
 
     fn on_shutdown(&mut self) {
-        let why = (close_code::GOING_AWAY, "proxy shutting down");
-        self.record(Initiator::Proxy, CloseReason::Shutdown, Some(why.0), why.1);
+        let close = CloseFrame {
+            code: close_code::GOING_AWAY,
+            reason: "proxy shutting down",
+        };
+        self.record(
+            Initiator::Proxy,
+            CloseReason::Shutdown,
+            Some(close.code),
+            close.reason,
+        );
         self.c2u.drain();
         self.u2c.drain();
-        notify(&mut self.client.st, why);
-        notify(&mut self.upstream.st, why);
+        self.client.st.owe_close(close);
+        self.upstream.st.owe_close(close);
     }
 
     /// The state of `side`, the pump into it, the pump out of it, and the other leg's state.
@@ -475,47 +416,71 @@ where
         }
     }
 
-    /// Fires due heartbeats: sends pings, declares silent peers dead.
+    /// Acts on every deadline that is due: sends pings, declares silent peers dead. Returns
+    /// whether the close deadline passed.
     ///
     /// The timer is only polled when it fired or was re-armed: polling it on every wake-up
     /// would register the waker again for each batch of frames.
-    fn poll_heartbeats(&mut self, cx: &mut Context<'_>) {
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
         if self.timer_registered && !self.timer.is_elapsed() {
-            return;
+            return false;
         }
-        while !self.closing {
+        loop {
             if self.timer.as_mut().poll(cx).is_pending() {
                 self.timer_registered = true;
-                return;
+                return false;
             }
             let now = Instant::now();
+            if self.timers.is_expired(Timer::Close, now) {
+                return true;
+            }
             for side in Side::ALL {
-                if self.on_heartbeat_due(side, now) {
-                    self.on_peer_timeout(side);
+                if self.timers.is_expired(Timer::heartbeat(side), now) {
+                    self.on_heartbeat_due(side, now);
                 }
             }
-            let next = [&self.client.st, &self.upstream.st]
-                .iter()
-                .filter(|leg| !leg.dead)
-                .map(|leg| leg.hb.poll_timeout())
-                .min()
-                .unwrap_or(now);
-            self.timer
-                .as_mut()
-                .reset(on_grid(next, timer_grid(&self.cfg)));
+            if self.closing {
+                // A peer timed out: the close deadline takes over from the heartbeats.
+                for side in Side::ALL {
+                    self.timers.stop(Timer::heartbeat(side));
+                }
+            }
+            let Some(next) = self.timers.next() else {
+                // Nothing to wait for until the close deadline is set.
+                return false;
+            };
+            self.timer.as_mut().reset(next);
         }
     }
 
-    /// Lets `side`'s heartbeat act at `now`; true if the peer expired.
-    fn on_heartbeat_due(&mut self, side: Side, now: Instant) -> bool {
+    /// Sets the close deadline once the session starts closing, in place of the heartbeats.
+    /// Returns whether it has already passed.
+    fn start_close_deadline(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timers.get(Timer::Close).is_some() {
+            return false;
+        }
+        for side in Side::ALL {
+            self.timers.stop(Timer::heartbeat(side));
+        }
+        let at = Instant::now() + self.cfg.close_timeout;
+        self.timers.set(Timer::Close, at);
+        self.timer.as_mut().reset(at);
+        self.timer_registered = true;
+        self.timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Lets `side`'s heartbeat act at `now`: sends a ping, or declares the peer dead.
+    fn on_heartbeat_due(&mut self, side: Side, now: Instant) {
+        let timer = Timer::heartbeat(side);
         let (leg, from_pump) = match side {
             Side::Client => (&mut self.client.st, &self.c2u),
             Side::Upstream => (&mut self.upstream.st, &self.u2c),
         };
-        if leg.dead {
-            return false;
+        if leg.is_dropped() {
+            self.timers.stop(timer);
+            return;
         }
-        if from_pump.stalled {
+        if from_pump.is_stalled() {
             // We stopped reading this leg because its bytes cannot be delivered; they are
             // proof of life we have not looked at yet.
             leg.hb.on_activity();
@@ -525,11 +490,16 @@ where
                 leg.queue_control(frame::OP_PING, &payload);
                 self.metrics.pings_sent[side.index()].inc();
                 self.info.on_ping(side);
-                false
             }
-            Some(Action::Expire) => true,
-            None => false,
+            Some(Action::Expire) => {
+                self.on_peer_timeout(side);
+                self.timers.stop(timer);
+                return;
+            }
+            None => {}
         }
+        let at = on_grid(leg.hb.poll_timeout(), timer_grid(&self.cfg));
+        self.timers.set(timer, at);
     }
 
     fn on_peer_timeout(&mut self, side: Side) {
@@ -538,9 +508,9 @@ where
             side = side.as_str(),
             "peer stayed silent past its pong timeout"
         );
-        let why = timeout_reason(side);
-        self.record(Initiator::Proxy, CloseReason::Timeout, None, why.1);
-        self.kill(side, why);
+        let close = CloseFrame::for_survivor(side, Failure::TimedOut);
+        self.record(Initiator::Proxy, CloseReason::Timeout, None, close.reason);
+        self.kill(side, Failure::TimedOut);
     }
 
     /// Shuts down the write side of the legs still open, briefly, then drops them.
@@ -551,53 +521,6 @@ where
         if let Some(io) = self.upstream.io.as_mut() {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, io.shutdown()).await;
         }
-    }
-}
-
-/// The grid step for a session's heartbeat timer: a sixteenth of its shortest heartbeat period,
-/// between 1 ms and [`TIMER_GRID_MAX`].
-fn timer_grid(cfg: &RelayConfig) -> Duration {
-    [cfg.client, cfg.upstream]
-        .iter()
-        .flat_map(|hb| [hb.interval, hb.timeout])
-        .filter(|d| !d.is_zero())
-        .min()
-        .map_or(TIMER_GRID_MAX, |d| d / TIMER_GRID_DIVISOR)
-        .clamp(Duration::from_millis(1), TIMER_GRID_MAX)
-}
-
-/// `deadline` rounded up to the next multiple of `grid`, counted from one instant shared by the
-/// whole process, so that sessions with deadlines close together fire in the same tick.
-fn on_grid(deadline: Instant, grid: Duration) -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    // Before the epoch (another test's paused clock set it): leave the deadline as it is.
-    let Some(since) = deadline.checked_duration_since(epoch) else {
-        return deadline;
-    };
-    let (since, grid) = (since.as_nanos(), grid.as_nanos().max(1));
-    let rounded = since.div_ceil(grid) * grid;
-    u64::try_from(rounded).map_or(deadline, |ns| epoch + Duration::from_nanos(ns))
-}
-
-/// Queues our close toward a surviving leg (unless it already closed or died).
-fn notify(leg: &mut LegState, why: (u16, &'static str)) {
-    if !leg.dead && !leg.sent_close && !leg.close_queued && leg.close_out.is_none() {
-        leg.close_out = Some(why);
-    }
-}
-
-fn lost_reason(side: Side) -> (u16, &'static str) {
-    match side {
-        Side::Client => (close_code::GOING_AWAY, "client connection lost"),
-        Side::Upstream => (close_code::INTERNAL_ERROR, "upstream connection lost"),
-    }
-}
-
-fn timeout_reason(side: Side) -> (u16, &'static str) {
-    match side {
-        Side::Client => (close_code::GOING_AWAY, "client timed out"),
-        Side::Upstream => (close_code::INTERNAL_ERROR, "upstream timed out"),
     }
 }
 

@@ -9,8 +9,9 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::pump::{self, Control, Parsed, Pump};
-use super::{CTRL_QUEUE_LIMIT, Event, Leg, LegState, Outcome, Shared};
+use super::leg::LegState;
+use super::pump::{Control, Parsed, Pump};
+use super::{CTRL_QUEUE_LIMIT, Event, Leg, Outcome, Shared};
 use crate::Side;
 use crate::frame;
 use crate::heartbeat::PongMatch;
@@ -29,22 +30,34 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut progress = poll_write_out(dst, pump, cx)?;
-    let read = poll_read_in(src, pump, cx)?;
-    if read != NOTHING_READ && read > 0 {
-        src.st.hb.on_activity();
-        shared.received[src.st.side.index()] += read as u64;
-    }
-    if read != NOTHING_READ {
-        progress = true;
-        parse_input(&mut src.st, pump, shared)?;
-        // Pass what was just read on at once, before the other direction is looked at: a
-        // message crosses the proxy within one call.
-        if !pump.output().is_empty() {
-            poll_write_out(dst, pump, cx)?;
+    let progress = poll_write_out(dst, pump, cx)?;
+    match poll_read_in(src, pump, cx)? {
+        Read::Nothing => return Ok(progress),
+        Read::Bytes(n) => {
+            src.st.hb.on_activity();
+            shared.received[src.st.side().index()] += n as u64;
         }
+        Read::HandshakeLeftover | Read::Ended => {}
     }
-    Ok(progress)
+    parse_input(&mut src.st, pump, shared)?;
+    // Pass what was just read on at once, before the other direction is looked at: a message
+    // crosses the proxy within one call.
+    if !pump.output().is_empty() {
+        poll_write_out(dst, pump, cx)?;
+    }
+    Ok(true)
+}
+
+/// What one read from a source brought.
+enum Read {
+    /// Nothing happened: parked, stopped, or no room in the pump.
+    Nothing,
+    /// Bytes the HTTP layer read past the handshake moved into the pump.
+    HandshakeLeftover,
+    /// This many bytes (more than zero) arrived from the socket: proof of life.
+    Bytes(usize),
+    /// The read side ended normally, after the peer's close frame.
+    Ended,
 }
 
 /// Writes pending control frames and relayed output to `dst`, control frames only at frame
@@ -62,13 +75,13 @@ where
     }
     let mut progress = false;
     loop {
-        if pump.truncated && pump.output().is_empty() {
+        if pump.is_truncated() && pump.output().is_empty() {
             // The source died mid-frame: no close frame can follow. Cut the connection.
             tracing::debug!(
-                side = dst.st.side.as_str(),
+                side = dst.st.side().as_str(),
                 "stream truncated mid-frame; dropping leg"
             );
-            dst.st.dead = true;
+            dst.st.drop_link();
             dst.io = None;
             return Ok(true);
         }
@@ -80,16 +93,15 @@ where
                 dst.st.write_parked = true;
                 break;
             }
-            Poll::Ready(Err(_)) => return Err(Event::Lost(dst.st.side)),
+            Poll::Ready(Err(_)) => return Err(Event::Lost(dst.st.side())),
         }
     }
-    if pump.close_forwarded && pump.is_drained() && !dst.st.sent_close {
-        dst.st.sent_close = true;
+    if pump.close_forwarded() && pump.is_drained() && dst.st.on_close_relayed() {
         progress = true;
     }
     if progress {
         match Pin::new(io).poll_flush(cx) {
-            Poll::Ready(Err(_)) => return Err(Event::Lost(dst.st.side)),
+            Poll::Ready(Err(_)) => return Err(Event::Lost(dst.st.side())),
             Poll::Ready(Ok(())) | Poll::Pending => {}
         }
     }
@@ -142,59 +154,46 @@ where
     Poll::Ready(Ok(true))
 }
 
-/// Returned by [`poll_read_in`] when nothing happened.
-const NOTHING_READ: usize = usize::MAX;
-
 /// Encodes our pending close for `leg` once nothing more will be relayed into it and all that
 /// was relayed is written: the close is the last frame the leg gets.
 fn queue_close_when_drained(leg: &mut LegState, pump: &Pump) {
-    if pump.mode != pump::Mode::Discard || !pump.is_drained() || leg.close_queued {
-        return;
-    }
-    if let Some((code, reason)) = leg.close_out.take() {
-        let mask = leg.mask();
-        frame::encode_close(&mut leg.ctrl, code, reason, mask);
-        leg.close_queued = true;
+    if pump.relays_nothing() && pump.is_drained() {
+        leg.queue_owed_close();
     }
 }
 
-/// Reads from `src` into the pump: the number of bytes that arrived (0 when the read side
-/// ended normally), or [`NOTHING_READ`].
-fn poll_read_in<A>(src: &mut Leg<A>, pump: &mut Pump, cx: &mut Context<'_>) -> Result<usize, Event>
+/// Reads from `src` into the pump.
+fn poll_read_in<A>(src: &mut Leg<A>, pump: &mut Pump, cx: &mut Context<'_>) -> Result<Read, Event>
 where
     A: AsyncRead + Unpin,
 {
-    if src.st.read_done
-        || src.st.dead
-        || src.st.read_parked
-        || src.st.pending_ctrl().len() >= CTRL_QUEUE_LIMIT
-    {
-        return Ok(NOTHING_READ);
+    if !src.st.reads() || src.st.read_parked || src.st.pending_ctrl().len() >= CTRL_QUEUE_LIMIT {
+        return Ok(Read::Nothing);
     }
     if pump.fill_from_prefix() {
-        return Ok(0);
+        return Ok(Read::HandshakeLeftover);
     }
     let Some(io) = src.io.as_mut() else {
-        return Ok(NOTHING_READ);
+        return Ok(Read::Nothing);
     };
     let Some(space) = pump.read_space() else {
-        return Ok(NOTHING_READ);
+        return Ok(Read::Nothing);
     };
     let mut rb = ReadBuf::new(space);
     match Pin::new(io).poll_read(cx, &mut rb) {
         Poll::Pending => {
             src.st.read_parked = true;
             pump.release_if_empty();
-            Ok(NOTHING_READ)
+            Ok(Read::Nothing)
         }
         Poll::Ready(Ok(())) if rb.filled().is_empty() => read_ended(&mut src.st, pump),
         Poll::Ready(Ok(())) => {
             let n = rb.filled().len();
             pump.filled(n);
-            Ok(n)
+            Ok(Read::Bytes(n))
         }
         Poll::Ready(Err(e)) => {
-            tracing::debug!(side = src.st.side.as_str(), error = %e, "read failed");
+            tracing::debug!(side = src.st.side().as_str(), error = %e, "read failed");
             read_ended(&mut src.st, pump)
         }
     }
@@ -202,19 +201,19 @@ where
 
 /// The source's read side ended (EOF or error): normal after its close frame, otherwise the
 /// connection was lost.
-fn read_ended(src: &mut LegState, pump: &mut Pump) -> Result<usize, Event> {
+fn read_ended(src: &mut LegState, pump: &mut Pump) -> Result<Read, Event> {
     pump.release_if_empty();
-    if !src.got_close {
-        return Err(Event::Lost(src.side));
+    if src.inbound_open() {
+        return Err(Event::Lost(src.side()));
     }
-    src.read_done = true;
+    src.stop_reading();
     pump.source_gone();
-    Ok(0)
+    Ok(Read::Ended)
 }
 
 /// Parses everything buffered from `src`, acting on control frames.
 fn parse_input(src: &mut LegState, pump: &mut Pump, shared: &mut Shared<'_>) -> Result<(), Event> {
-    let side = src.side;
+    let side = src.side();
     let masked = side == Side::Client;
     loop {
         let tally = &mut *shared.tally;
@@ -238,7 +237,7 @@ fn on_control(side: Side, control: Control, src: &mut LegState, shared: &mut Sha
             shared.tally.frame(side, frame::OP_PING, true, 0);
             // A ping after the peer's own close is not answered (RFC 6455 5.5.1: nothing
             // follows a close); otherwise every ping gets its pong, the latest included.
-            if !src.got_close {
+            if src.inbound_open() {
                 src.queue_control(frame::OP_PONG, payload.as_slice());
             }
         }
@@ -251,7 +250,7 @@ fn on_control(side: Side, control: Control, src: &mut LegState, shared: &mut Sha
         }
         Control::Close { code, .. } => {
             shared.tally.frame(side, frame::OP_CLOSE, true, 0);
-            src.got_close = true;
+            src.on_close_received();
             shared.outcome.get_or_insert(Outcome {
                 initiator: side.into(),
                 reason: CloseReason::from_code(code),

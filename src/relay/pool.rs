@@ -8,7 +8,7 @@ use std::cell::RefCell;
 
 /// Size of one relay buffer. Large enough that a 64 KiB message moves in a couple of syscalls,
 /// small enough that many concurrently busy sessions stay cheap.
-pub const BUF_SIZE: usize = 64 * 1024;
+pub(crate) const BUF_SIZE: usize = 64 * 1024;
 /// Buffers kept per thread; more busy sessions than this allocate (and free) their own.
 const POOL_CAP: usize = 64;
 
@@ -17,13 +17,13 @@ thread_local! {
 }
 
 /// A buffer from this thread's pool, or a new one.
-pub fn take() -> Box<[u8]> {
+pub(crate) fn take() -> Box<[u8]> {
     POOL.with(|p| p.borrow_mut().pop())
         .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
 }
 
 /// Returns a buffer to this thread's pool (or frees it when the pool is full).
-pub fn give(buf: Box<[u8]>) {
+pub(crate) fn give(buf: Box<[u8]>) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         if p.len() < POOL_CAP {

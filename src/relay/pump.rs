@@ -10,12 +10,11 @@
 use bytes::Bytes;
 
 use super::pool;
-use crate::Side;
 use crate::frame::{self, Header, MAX_CONTROL_PAYLOAD};
 
 /// What the pump does with the frames it parses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+enum Mode {
     /// Relay data and close frames to the destination.
     Forward,
     /// Finish relaying the frame in progress, then discard.
@@ -26,7 +25,7 @@ pub enum Mode {
 
 /// A protocol violation by the source leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Violation {
+pub(crate) enum Violation {
     /// Broke RFC 6455 (masking, control frame rules, length encoding).
     Protocol(&'static str),
     /// A frame exceeded `--max-frame-size`.
@@ -35,7 +34,7 @@ pub enum Violation {
 
 /// A control frame that the session must act on.
 #[derive(Debug)]
-pub enum Control {
+pub(crate) enum Control {
     /// A ping with its (unmasked) payload.
     Ping(ControlPayload),
     /// A pong with its payload.
@@ -46,20 +45,20 @@ pub enum Control {
 
 /// An unmasked control frame payload (at most 125 bytes), kept on the stack.
 #[derive(Debug)]
-pub struct ControlPayload {
+pub(crate) struct ControlPayload {
     bytes: [u8; MAX_CONTROL_PAYLOAD],
     len: usize,
 }
 
 impl ControlPayload {
     /// The payload bytes.
-    pub fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
 }
 
 /// Result of parsing as far as the buffered input allows.
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// Nothing more can be parsed until more input arrives.
     NeedInput,
     /// A ping, pong or close frame was handled; call again to continue.
@@ -67,17 +66,14 @@ pub enum Parsed {
 }
 
 /// State of one direction.
-pub struct Pump {
-    /// The leg frames are read from.
-    pub from: Side,
+pub(crate) struct Pump {
     buf: Option<Box<[u8]>>,
     /// Bytes the HTTP layer read past the handshake, consumed before the socket.
     prefix: Bytes,
     wpos: usize,
     ppos: usize,
     end: usize,
-    /// Current mode.
-    pub mode: Mode,
+    mode: Mode,
     /// Payload bytes of the current input frame not yet processed.
     in_left: u64,
     /// Whether the current frame's bytes are relayed (else cut).
@@ -93,21 +89,21 @@ pub struct Pump {
     last_start: u64,
     last_end: u64,
     /// A close frame was relayed; once written, the destination has been sent a close.
-    pub close_forwarded: bool,
+    close_forwarded: bool,
     /// The source died mid-frame: the destination's stream can never reach a boundary again.
-    pub truncated: bool,
+    truncated: bool,
     /// The buffer is full of output the destination has not taken (backpressure).
-    pub stalled: bool,
+    stalled: bool,
     /// No extension was negotiated, so RSV bits and reserved opcodes are errors (RFC 6455 5.2).
     /// With one, they pass through: the proxy cannot know what an extension assigns to them.
-    pub strict: bool,
+    strict: bool,
 }
 
 impl Pump {
-    /// A pump reading from `from`, starting with the bytes the handshake read ahead.
-    pub fn new(from: Side, prefix: Bytes) -> Self {
+    /// A pump starting with the bytes the handshake read ahead. `strict`: no extension was
+    /// negotiated, so RSV bits and reserved opcodes are violations.
+    pub(crate) fn new(prefix: Bytes, strict: bool) -> Self {
         Pump {
-            from,
             buf: None,
             // An empty slice may still pin hyper's whole read buffer: keep none.
             prefix: if prefix.is_empty() {
@@ -129,12 +125,32 @@ impl Pump {
             close_forwarded: false,
             truncated: false,
             stalled: false,
-            strict: true,
+            strict,
         }
     }
 
+    /// A close frame was relayed; once the pump is drained, the destination has it.
+    pub(crate) fn close_forwarded(&self) -> bool {
+        self.close_forwarded
+    }
+
+    /// The source died mid-frame: the destination can never be sent another frame.
+    pub(crate) fn is_truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// The buffer is full of output the destination has not taken, so the source is not read.
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.stalled
+    }
+
+    /// Nothing more will be relayed: the destination may be sent our own close once drained.
+    pub(crate) fn relays_nothing(&self) -> bool {
+        self.mode == Mode::Discard
+    }
+
     /// Processed bytes waiting for the destination.
-    pub fn output(&self) -> &[u8] {
+    pub(crate) fn output(&self) -> &[u8] {
         match &self.buf {
             Some(b) => &b[self.wpos..self.ppos],
             None => &[],
@@ -144,7 +160,7 @@ impl Pump {
     /// How many output bytes to write before a control frame can be slotted in: up to the start
     /// of the latest frame when older ones are still queued (writing them first costs nothing,
     /// they are buffered already), else to its end.
-    pub fn out_until_boundary(&self) -> u64 {
+    pub(crate) fn out_until_boundary(&self) -> u64 {
         if self.written < self.last_start {
             self.last_start - self.written
         } else if self.written == self.last_start || self.written >= self.last_end {
@@ -155,12 +171,12 @@ impl Pump {
     }
 
     /// True when everything relayed so far is written and the output sits at a frame boundary.
-    pub fn is_drained(&self) -> bool {
+    pub(crate) fn is_drained(&self) -> bool {
         self.wpos == self.ppos && self.out_until_boundary() == 0
     }
 
     /// Stops relaying at the next input frame boundary.
-    pub fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         if self.mode == Mode::Forward {
             self.mode = if self.in_left == 0 {
                 Mode::Discard
@@ -171,7 +187,7 @@ impl Pump {
     }
 
     /// The destination is gone: drop pending output and relay nothing more.
-    pub fn drop_output(&mut self) {
+    pub(crate) fn drop_output(&mut self) {
         self.wpos = self.ppos;
         self.last_start = self.written;
         self.last_end = self.written;
@@ -182,7 +198,7 @@ impl Pump {
 
     /// The source is gone: nothing more will arrive. Marks the stream truncated if a frame was
     /// cut off in the middle of being relayed.
-    pub fn source_gone(&mut self) {
+    pub(crate) fn source_gone(&mut self) {
         if self.in_left > 0 && self.in_forward {
             self.truncated = true;
         }
@@ -197,7 +213,7 @@ impl Pump {
 
     /// Free space to read into, taking a pooled buffer if needed; `None` when the buffer is full
     /// of output the destination has not taken yet.
-    pub fn read_space(&mut self) -> Option<&mut [u8]> {
+    pub(crate) fn read_space(&mut self) -> Option<&mut [u8]> {
         let buf = self.buf.get_or_insert_with(pool::take);
         if self.end == buf.len() {
             if self.wpos == 0 {
@@ -214,7 +230,7 @@ impl Pump {
     }
 
     /// Moves read-ahead bytes from the handshake into the buffer; true if there were any.
-    pub fn fill_from_prefix(&mut self) -> bool {
+    pub(crate) fn fill_from_prefix(&mut self) -> bool {
         if self.prefix.is_empty() {
             return false;
         }
@@ -233,12 +249,12 @@ impl Pump {
     }
 
     /// Records `n` bytes read into the space returned by [`Pump::read_space`].
-    pub fn filled(&mut self, n: usize) {
+    pub(crate) fn filled(&mut self, n: usize) {
         self.end += n;
     }
 
     /// Gives the buffer back to the pool when it holds nothing.
-    pub fn release_if_empty(&mut self) {
+    pub(crate) fn release_if_empty(&mut self) {
         if self.wpos == self.end {
             self.wpos = 0;
             self.ppos = 0;
@@ -250,7 +266,7 @@ impl Pump {
     }
 
     /// Records that `n` output bytes were written.
-    pub fn consumed(&mut self, n: usize) {
+    pub(crate) fn consumed(&mut self, n: usize) {
         self.wpos += n;
         self.written += n as u64;
         self.release_if_empty();
@@ -265,7 +281,7 @@ impl Pump {
     ///
     /// # Errors
     /// A [`Violation`] by the source; the offending frame is left unconsumed.
-    pub fn parse(
+    pub(crate) fn parse(
         &mut self,
         masked_input: bool,
         max_frame: u64,
@@ -558,7 +574,7 @@ mod tests {
 
     #[test]
     fn client_frames_are_remasked_and_pings_cut_out() {
-        let mut p = Pump::new(Side::Client, Bytes::new());
+        let mut p = Pump::new(Bytes::new(), true);
         let mut input = Vec::new();
         encode_frame(&mut input, false, OP_TEXT, b"hel", Some([1, 2, 3, 4]));
         encode_frame(
@@ -626,8 +642,7 @@ mod tests {
                 plain
             };
             for read in [1, 3, 7, 64, 131, 4096, stream.len()] {
-                let from = if masked { Side::Client } else { Side::Upstream };
-                let mut p = Pump::new(from, Bytes::new());
+                let mut p = Pump::new(Bytes::new(), true);
                 let (mut relayed, mut seen) = (Vec::new(), Vec::new());
                 for mut chunk in stream.chunks(read) {
                     while !chunk.is_empty() {
@@ -670,7 +685,7 @@ mod tests {
 
     #[test]
     fn large_frame_streams_through_in_pieces() {
-        let mut p = Pump::new(Side::Upstream, Bytes::new());
+        let mut p = Pump::new(Bytes::new(), true);
         let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_BINARY, &payload, None);
@@ -689,7 +704,7 @@ mod tests {
 
     #[test]
     fn control_frames_may_only_go_between_relayed_frames() {
-        let mut p = Pump::new(Side::Upstream, Bytes::new());
+        let mut p = Pump::new(Bytes::new(), true);
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_BINARY, &[1u8; 10], None); // bytes 0..12
         encode_frame(&mut input, true, OP_BINARY, &[2u8; 10], None); // bytes 12..24
@@ -712,7 +727,7 @@ mod tests {
 
     #[test]
     fn close_is_forwarded_then_everything_after_is_discarded() {
-        let mut p = Pump::new(Side::Upstream, Bytes::new());
+        let mut p = Pump::new(Bytes::new(), true);
         let mut input = Vec::new();
         encode_close(&mut input, 4001, "bye", None);
         encode_frame(&mut input, true, OP_TEXT, b"late", None);
@@ -730,14 +745,13 @@ mod tests {
         let mut frame_rsv1 = Vec::new();
         encode_frame(&mut frame_rsv1, true, OP_TEXT, b"x", None);
         frame_rsv1[0] |= 0x40;
-        let mut strict = Pump::new(Side::Upstream, Bytes::new());
+        let mut strict = Pump::new(Bytes::new(), true);
         feed(&mut strict, &frame_rsv1);
         assert!(matches!(
             strict.parse(false, 100, |_, _, _| {}),
             Err(Violation::Protocol(_))
         ));
-        let mut lenient = Pump::new(Side::Upstream, Bytes::new());
-        lenient.strict = false;
+        let mut lenient = Pump::new(Bytes::new(), false);
         feed(&mut lenient, &frame_rsv1);
         assert_eq!(parse_all(&mut lenient, false), ["data 1 true 3"]);
         assert_eq!(
@@ -752,7 +766,7 @@ mod tests {
         for op in [0x3, 0x7, 0xB, 0xF] {
             let mut input = Vec::new();
             encode_frame(&mut input, true, op, b"", None);
-            let mut p = Pump::new(Side::Upstream, Bytes::new());
+            let mut p = Pump::new(Bytes::new(), true);
             feed(&mut p, &input);
             assert!(
                 matches!(
@@ -766,7 +780,7 @@ mod tests {
 
     #[test]
     fn unmasked_client_frame_is_a_violation() {
-        let mut p = Pump::new(Side::Client, Bytes::new());
+        let mut p = Pump::new(Bytes::new(), true);
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_TEXT, b"x", None);
         feed(&mut p, &input);
@@ -778,7 +792,7 @@ mod tests {
 
     #[test]
     fn oversized_data_frame_is_refused_before_any_payload() {
-        let mut p = Pump::new(Side::Upstream, Bytes::new());
+        let mut p = Pump::new(Bytes::new(), true);
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_BINARY, &[0u8; 101], None);
         feed(&mut p, &input[..4]);
@@ -790,7 +804,7 @@ mod tests {
 
     #[test]
     fn draining_finishes_the_current_frame() {
-        let mut p = Pump::new(Side::Upstream, Bytes::new());
+        let mut p = Pump::new(Bytes::new(), true);
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_BINARY, &[7u8; 100], None);
         encode_frame(&mut input, true, OP_BINARY, &[8u8; 100], None);

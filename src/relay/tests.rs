@@ -383,38 +383,3 @@ async fn unmasked_client_frame_gets_1002() {
     let frames = raw_frames(&mut client_raw, 1).await;
     assert_eq!(frame::close_code_of(&frames[0].1), Some(1002));
 }
-
-#[test]
-fn timer_grid_is_a_sixteenth_of_the_shortest_period_within_bounds() {
-    assert_eq!(timer_grid(&cfg((1, 20), (20, 20))), S / 16);
-    // Pings off on one leg: its zeros do not count.
-    assert_eq!(timer_grid(&cfg((0, 0), (2, 4))), 2 * S / 16);
-    assert_eq!(timer_grid(&cfg((20, 20), (20, 20))), TIMER_GRID_MAX);
-    assert_eq!(timer_grid(&cfg((0, 0), (0, 0))), TIMER_GRID_MAX);
-    let fast = RelayConfig {
-        client: HeartbeatConfig {
-            interval: Duration::from_millis(8),
-            timeout: Duration::from_millis(8),
-        },
-        ..cfg((0, 0), (0, 0))
-    };
-    assert_eq!(timer_grid(&fast), Duration::from_millis(1));
-}
-
-#[test]
-fn deadlines_close_together_share_one_grid_tick_and_none_moves_earlier() {
-    let grid = Duration::from_millis(50);
-    let base = on_grid(Instant::now() + S, grid);
-    assert_eq!(on_grid(base, grid), base, "a tick is already on the grid");
-    for offset_ms in [1, 17, 49] {
-        let deadline = base + Duration::from_millis(offset_ms);
-        assert_eq!(
-            on_grid(deadline, grid),
-            base + grid,
-            "{offset_ms} ms past a tick"
-        );
-    }
-    let late = base + grid + Duration::from_millis(1);
-    assert!(on_grid(late, grid) >= late);
-    assert!(on_grid(late, grid) - late < grid);
-}

@@ -1,0 +1,323 @@
+//! One leg's state apart from its I/O: how far the close handshake has come in each direction,
+//! the control frames we owe the peer, and its heartbeat.
+//!
+//! Each direction of the leg has one enum, as linkerd2-proxy's duplex copy keeps each half's
+//! state in one enum: a leg cannot be "closed and open", or "dropped and still owed a close".
+//! [`Link::Dropped`] ends both directions at once.
+
+use tokio::time::Instant;
+
+use crate::Side;
+use crate::frame::{self, close_code};
+use crate::heartbeat::{Heartbeat, HeartbeatConfig};
+
+/// A close frame we send ourselves: its code and reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CloseFrame {
+    pub(crate) code: u16,
+    pub(crate) reason: &'static str,
+}
+
+/// Why the proxy gives up on a leg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// Its connection ended without a close frame, or failed.
+    Lost,
+    /// It stayed silent past its pong timeout.
+    TimedOut,
+    /// It broke the protocol.
+    ProtocolError,
+}
+
+impl CloseFrame {
+    /// The close the *other* leg gets when `failed` failed: the one place that decides what a
+    /// survivor is told. The client hears 1011 (the server side failed it); the upstream hears
+    /// 1001 (its client went away).
+    pub(crate) fn for_survivor(failed: Side, failure: Failure) -> CloseFrame {
+        let code = match failed {
+            Side::Client => close_code::GOING_AWAY,
+            Side::Upstream => close_code::INTERNAL_ERROR,
+        };
+        let reason = match (failed, failure) {
+            (Side::Client, Failure::Lost) => "client connection lost",
+            (Side::Client, Failure::TimedOut) => "client timed out",
+            (Side::Client, Failure::ProtocolError) => "client protocol error",
+            (Side::Upstream, Failure::Lost) => "upstream connection lost",
+            (Side::Upstream, Failure::TimedOut) => "upstream timed out",
+            (Side::Upstream, Failure::ProtocolError) => "upstream protocol error",
+        };
+        CloseFrame { code, reason }
+    }
+}
+
+/// What may still be read from a live leg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    /// Frames may arrive; its pings are answered.
+    Open,
+    /// Its close frame arrived. We read on until EOF, but answer nothing (RFC 6455 5.5.1).
+    CloseReceived,
+    /// Nothing more will be read: EOF after its close, or we stopped listening to a leg that
+    /// broke the protocol.
+    Ended,
+}
+
+/// How far the close toward a live leg has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outbound {
+    /// Data and our control frames flow.
+    Open,
+    /// We decided to close it with this frame; it goes out once everything relayed into the
+    /// leg is written, as the last frame the leg gets.
+    CloseOwed(CloseFrame),
+    /// Our close frame sits in the control queue; the leg has been sent a close when the queue
+    /// is written.
+    CloseQueued,
+    /// A close frame (ours, or the other side's relayed by the pump) was written to it.
+    CloseSent,
+}
+
+/// Whether a leg still has a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// Connected; each direction has its own state.
+    Up {
+        inbound: Inbound,
+        outbound: Outbound,
+    },
+    /// Dropped: the connection is closed and no more I/O happens on it.
+    Dropped,
+}
+
+/// Per-leg state that does not depend on the I/O type.
+pub(crate) struct LegState {
+    side: Side,
+    link: Link,
+    pub(crate) hb: Heartbeat,
+    /// Encoded pings, pongs and our close, waiting to be written to this leg.
+    ctrl: ControlQueue,
+    /// A read (write) returned `Pending` during this wake-up, so the waker is registered: do not
+    /// poll that direction again until the next wake-up (each pending poll costs a
+    /// registration). Both combinations are real, so these stay two flags.
+    pub(crate) read_parked: bool,
+    pub(crate) write_parked: bool,
+}
+
+impl LegState {
+    pub(crate) fn new(side: Side, cfg: HeartbeatConfig, now: Instant) -> Self {
+        LegState {
+            side,
+            link: Link::Up {
+                inbound: Inbound::Open,
+                outbound: Outbound::Open,
+            },
+            hb: Heartbeat::new(cfg, now),
+            ctrl: ControlQueue::default(),
+            read_parked: false,
+            write_parked: false,
+        }
+    }
+
+    pub(crate) fn side(&self) -> Side {
+        self.side
+    }
+
+    pub(crate) fn is_dropped(&self) -> bool {
+        self.link == Link::Dropped
+    }
+
+    /// Frames from the leg are still to be read.
+    pub(crate) fn reads(&self) -> bool {
+        matches!(self.link, Link::Up { inbound, .. } if inbound != Inbound::Ended)
+    }
+
+    /// Its close frame has not arrived: its pings are answered, and its EOF is a lost
+    /// connection.
+    pub(crate) fn inbound_open(&self) -> bool {
+        matches!(
+            self.link,
+            Link::Up {
+                inbound: Inbound::Open,
+                ..
+            }
+        )
+    }
+
+    /// Both directions are finished: the session may end as far as this leg is concerned.
+    pub(crate) fn done(&self) -> bool {
+        match self.link {
+            Link::Dropped => true,
+            Link::Up { inbound, outbound } => {
+                outbound == Outbound::CloseSent && inbound != Inbound::Open
+            }
+        }
+    }
+
+    /// Drops the leg: no more I/O in either direction.
+    pub(crate) fn drop_link(&mut self) {
+        self.link = Link::Dropped;
+        self.ctrl = ControlQueue::default();
+    }
+
+    fn set_inbound(&mut self, to: Inbound) {
+        if let Link::Up { inbound, .. } = &mut self.link {
+            *inbound = to;
+        }
+    }
+
+    fn outbound(&self) -> Option<Outbound> {
+        match self.link {
+            Link::Up { outbound, .. } => Some(outbound),
+            Link::Dropped => None,
+        }
+    }
+
+    fn set_outbound(&mut self, to: Outbound) {
+        if let Link::Up { outbound, .. } = &mut self.link {
+            *outbound = to;
+        }
+    }
+
+    /// Its close frame arrived.
+    pub(crate) fn on_close_received(&mut self) {
+        self.set_inbound(Inbound::CloseReceived);
+    }
+
+    /// Its read side ended after its close, or we stop listening to it.
+    pub(crate) fn stop_reading(&mut self) {
+        self.set_inbound(Inbound::Ended);
+    }
+
+    /// Decides to close the leg with `close`, unless a close already went or is going to it.
+    pub(crate) fn owe_close(&mut self, close: CloseFrame) {
+        if self.outbound() == Some(Outbound::Open) {
+            self.set_outbound(Outbound::CloseOwed(close));
+        }
+    }
+
+    /// Encodes the close we owe into the control queue. The caller knows that nothing more
+    /// will be relayed into the leg and all that was is written.
+    pub(crate) fn queue_owed_close(&mut self) {
+        if let Some(Outbound::CloseOwed(close)) = self.outbound() {
+            let mask = self.mask();
+            frame::encode_close(&mut self.ctrl.bytes, close.code, close.reason, mask);
+            self.set_outbound(Outbound::CloseQueued);
+        }
+    }
+
+    /// The other side's close frame, relayed by the pump, has been written to the leg.
+    pub(crate) fn on_close_relayed(&mut self) -> bool {
+        if matches!(self.outbound(), Some(o) if o != Outbound::CloseSent) {
+            self.set_outbound(Outbound::CloseSent);
+            return true;
+        }
+        false
+    }
+
+    /// Frames to this leg are masked when it is the upstream (we are its client).
+    fn mask(&self) -> Option<[u8; 4]> {
+        (self.side == Side::Upstream).then(frame::random_mask)
+    }
+
+    /// Queues a ping or pong for the leg, unless a close is decided for it.
+    pub(crate) fn queue_control(&mut self, opcode: u8, payload: &[u8]) {
+        if self.outbound() != Some(Outbound::Open) {
+            return;
+        }
+        let mask = self.mask();
+        frame::encode_frame(&mut self.ctrl.bytes, true, opcode, payload, mask);
+    }
+
+    /// Control bytes not yet written.
+    pub(crate) fn pending_ctrl(&self) -> &[u8] {
+        self.ctrl.pending()
+    }
+
+    /// Records that `n` control bytes were written.
+    pub(crate) fn ctrl_written(&mut self, n: usize) {
+        if self.ctrl.written(n) && self.outbound() == Some(Outbound::CloseQueued) {
+            self.set_outbound(Outbound::CloseSent);
+        }
+    }
+}
+
+/// Encoded control frames for one leg, written from `pos`.
+#[derive(Default)]
+struct ControlQueue {
+    bytes: Vec<u8>,
+    pos: usize,
+}
+
+impl ControlQueue {
+    fn pending(&self) -> &[u8] {
+        &self.bytes[self.pos..]
+    }
+
+    /// Advances by `n` written bytes; true when the queue is now empty.
+    fn written(&mut self, n: usize) -> bool {
+        self.pos += n;
+        if self.pos < self.bytes.len() {
+            return false;
+        }
+        self.bytes.clear();
+        self.pos = 0;
+        if self.bytes.capacity() > 2 * frame::MAX_CONTROL_FRAME {
+            self.bytes = Vec::new();
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::OP_PING;
+
+    fn leg(side: Side) -> LegState {
+        LegState::new(side, HeartbeatConfig::OFF, Instant::now())
+    }
+
+    #[test]
+    fn survivors_hear_1011_as_client_and_1001_as_upstream() {
+        for failure in [Failure::Lost, Failure::TimedOut, Failure::ProtocolError] {
+            assert_eq!(CloseFrame::for_survivor(Side::Upstream, failure).code, 1011);
+            assert_eq!(CloseFrame::for_survivor(Side::Client, failure).code, 1001);
+        }
+    }
+
+    #[test]
+    fn an_owed_close_is_the_last_control_frame() {
+        let mut l = leg(Side::Client);
+        l.owe_close(CloseFrame::for_survivor(Side::Upstream, Failure::Lost));
+        l.queue_control(OP_PING, b"late");
+        assert!(l.pending_ctrl().is_empty(), "nothing after a decided close");
+        l.queue_owed_close();
+        let n = l.pending_ctrl().len();
+        assert!(!l.done());
+        l.ctrl_written(n);
+        l.stop_reading();
+        assert!(l.done());
+    }
+
+    #[test]
+    fn a_relayed_close_settles_the_outbound_side_once() {
+        let mut l = leg(Side::Upstream);
+        assert!(l.on_close_relayed());
+        assert!(!l.on_close_relayed());
+        l.owe_close(CloseFrame::for_survivor(Side::Client, Failure::Lost));
+        l.queue_owed_close();
+        assert!(l.pending_ctrl().is_empty(), "no second close");
+        assert!(!l.done(), "its close has not arrived yet");
+        l.on_close_received();
+        assert!(l.done());
+    }
+
+    #[test]
+    fn a_dropped_leg_is_done_and_owed_nothing() {
+        let mut l = leg(Side::Client);
+        l.drop_link();
+        l.owe_close(CloseFrame::for_survivor(Side::Upstream, Failure::Lost));
+        l.queue_owed_close();
+        assert!(l.done() && !l.reads() && l.pending_ctrl().is_empty());
+    }
+}
