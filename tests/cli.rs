@@ -4,22 +4,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 fn wsbeat() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsbeat"));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
+    wsbeat_command()
 }
 
 async fn finish(cmd: &mut Command) -> Output {
@@ -79,61 +72,16 @@ async fn missing_upstream_is_a_usage_error() {
     assert!(stderr.contains("--upstream"), "stderr: {stderr}");
 }
 
-/// Reads JSON log lines from the child's stdout until the "listening" line; returns the
-/// client-facing address it names.
-async fn listening_addr(child: &mut Child) -> SocketAddr {
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = within(
-        Duration::from_secs(20),
-        "the \"listening\" log line",
-        async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if v["fields"]["message"] == "listening" {
-                    let addr = v["fields"]["listen_addr"]
-                        .as_str()
-                        .expect("listen_addr field");
-                    return addr.parse().expect("listen_addr");
-                }
-            }
-            panic!("wsbeat exited before logging \"listening\"");
-        },
-    )
-    .await;
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    addr
-}
-
 #[tokio::test]
 async fn demo_quick_start_echoes_and_stops_cleanly_on_sigterm() {
-    let mut child = wsbeat()
-        .args([
-            "--demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json", "--upstream-ping-interval", "50ms"])
-        .spawn()
-        .expect("start wsbeat --demo");
-    let addr = listening_addr(&mut child).await;
+    let mut child = WsbeatProcess::start(&["--demo", "--upstream-ping-interval", "50ms"]).await;
+    let addr = child.addr;
     let (mut ws, _) = ws_connect(format!("ws://{addr}/demo")).await;
     // The demo upstream never answers the proxy's pings; the session lives on regardless.
     stay_quiet_for(&mut ws, Duration::from_millis(500)).await;
     assert_echo(&mut ws, "quick start").await;
 
-    let pid = child.id().expect("pid").to_string();
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .expect("kill");
-    assert!(kill.success());
+    child.signal("TERM").await;
     let close = expect_client_close(&mut ws, STEP)
         .await
         .expect("a close code");
@@ -144,8 +92,6 @@ async fn demo_quick_start_echoes_and_stops_cleanly_on_sigterm() {
         rest.is_none() || matches!(rest, Some(Err(_))),
         "after close: {rest:?}"
     );
-    let status = within(Duration::from_secs(10), "wsbeat to exit", child.wait())
-        .await
-        .expect("wait");
+    let status = child.exit_status(Duration::from_secs(10)).await;
     assert!(status.success(), "exit after SIGTERM: {status}");
 }
