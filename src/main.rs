@@ -33,7 +33,10 @@ fn main() -> ExitCode {
         }
     };
     if let Err(err) = init_tracing(&config) {
-        eprintln!("wsbeat: --log-level {:?}: {err:#}", config.log_level);
+        eprintln!(
+            "wsbeat: --log-level {:?}: {err:#}",
+            config.process.log_level
+        );
         return ExitCode::from(EX_USAGE);
     }
     info!(config = %config.log_summary(), "effective configuration");
@@ -61,9 +64,9 @@ fn clap_exit(err: &clap::Error) -> ExitCode {
 
 /// Installs the global subscriber in the configured format, filtered by `--log-level`.
 fn init_tracing(config: &Config) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&config.log_level)?;
+    let filter = EnvFilter::try_new(&config.process.log_level)?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
+    match config.process.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     }
@@ -83,8 +86,8 @@ fn run(config: Config) -> anyhow::Result<()> {
 
 /// Binds every listener before serving, so a taken port fails at startup with its flag named.
 async fn serve(mut config: Config) -> anyhow::Result<()> {
-    let listener = bind("--listen", config.listen).await?;
-    let admin = bind("--admin-listen", config.admin_listen).await?;
+    let listener = bind("--listen", config.listen.client).await?;
+    let admin = bind("--admin-listen", config.listen.admin).await?;
     let listen_addr = listener
         .local_addr()
         .context("reading the --listen address")?;
@@ -93,7 +96,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         .context("reading the --admin-listen address")?;
     info!(%listen_addr, %admin_addr, "listening");
     if let Some(addr) = config.demo {
-        config.upstream = start_demo(addr, listen_addr).await?;
+        config.upstream.url = start_demo(addr, listen_addr).await?;
     }
     wsbeat::server::run(listener, admin, config, wsbeat::shutdown::signal())
         .await

@@ -46,6 +46,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::Side;
+pub use crate::config::RelayConfig;
 use crate::frame::{self, close_code};
 use crate::heartbeat::{Action, HeartbeatConfig};
 use crate::metrics::{Metrics, Shard, Tally};
@@ -63,19 +64,6 @@ const CTRL_QUEUE_LIMIT: usize = 4 * 1024;
 const ROUNDS_PER_POLL: usize = 32;
 /// How long to wait for a peer to accept our FIN after a finished session.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
-
-/// Settings of a session.
-#[derive(Clone, Copy, Debug)]
-pub struct RelayConfig {
-    /// Heartbeat of the client leg.
-    pub client: HeartbeatConfig,
-    /// Heartbeat of the upstream leg.
-    pub upstream: HeartbeatConfig,
-    /// How long a closing session waits for the close handshake before dropping both legs.
-    pub close_timeout: Duration,
-    /// Largest data frame payload accepted from either side.
-    pub max_frame_size: u64,
-}
 
 /// One leg's connection as handed over by the handshake.
 pub struct Peer<S> {

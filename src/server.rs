@@ -64,7 +64,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new()?);
-    let threads = config.worker_threads;
+    let threads = config.process.worker_threads;
     let workers =
         Workers::start(threads).map_err(|source| ServerError::Workers { threads, source })?;
     let live = Arc::new(Sessions::default());
@@ -95,7 +95,7 @@ async fn drain(state: &AdminState, proxy: &Proxy, connections: &TaskTracker, wor
     proxy.drain().start();
     connections.close();
     proxy.tasks().close();
-    let deadline = proxy.config().close_timeout + SHUTDOWN_SLACK;
+    let deadline = proxy.config().relay.close_timeout + SHUTDOWN_SLACK;
     let drained = tokio::time::timeout(deadline, async {
         connections.wait().await;
         proxy.tasks().wait().await;
@@ -178,7 +178,7 @@ where
     let peer = ctx.peer();
     let ctx = Arc::new(ctx);
     let drain = Arc::clone(proxy.drain());
-    let handshake_timeout = proxy.config().handshake_timeout;
+    let handshake_timeout = proxy.config().clients.handshake_timeout;
     let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, Arc::clone(&ctx)));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())

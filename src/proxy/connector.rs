@@ -23,7 +23,7 @@ impl Proxy {
             let mut sender = self.connect().await?;
             Ok(sender.send_request(req).await?)
         };
-        tokio::time::timeout(self.config.connect_timeout, attempt)
+        tokio::time::timeout(self.config.upstream.connect_timeout, attempt)
             .await
             .unwrap_or(Err(ProxyError::Timeout))
     }
@@ -31,7 +31,7 @@ impl Proxy {
     /// Opens an HTTP/1.1 connection to the upstream, with upgrades enabled.
     pub(super) async fn connect(&self) -> Result<client_http1::SendRequest<ProxyBody>, ProxyError> {
         let up = &self.config.upstream;
-        let tcp = net::dial(&up.host, up.port, self.config.upstream_tcp_user_timeout).await?;
+        let tcp = net::dial(&up.url.host, up.url.port, up.tcp_user_timeout).await?;
         let (sender, conn) = client_http1::Builder::new()
             .title_case_headers(true)
             .handshake(TokioIo::new(Conn::from(tcp)))

@@ -19,7 +19,7 @@ impl Proxy {
         req: Request<Incoming>,
         ctx: &ConnContext,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let mut sender = tokio::time::timeout(self.config.connect_timeout, self.connect())
+        let mut sender = tokio::time::timeout(self.config.upstream.connect_timeout, self.connect())
             .await
             .unwrap_or(Err(ProxyError::Timeout))?;
         let (parts, body) = req.into_parts();

@@ -25,6 +25,7 @@ impl Proxy {
         let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
         self.config
             .upstream
+            .url
             .request_path(pq)
             .parse()
             .unwrap_or_else(|_| http::Uri::from_static("/"))
@@ -34,8 +35,8 @@ impl Proxy {
     pub(super) fn forwarded_headers(&self, incoming: &HeaderMap, ctx: &ConnContext) -> HeaderMap {
         let mut headers = end_to_end(incoming);
         let client_host = incoming.get(header::HOST).cloned();
-        if (!self.config.preserve_host || client_host.is_none())
-            && let Ok(v) = HeaderValue::from_str(self.config.upstream.authority.as_str())
+        if (!self.config.upstream.preserve_host || client_host.is_none())
+            && let Ok(v) = HeaderValue::from_str(self.config.upstream.url.authority.as_str())
         {
             headers.insert(header::HOST, v);
         }

@@ -12,18 +12,9 @@ use crate::Side;
 use crate::metrics::SessionGuard;
 use crate::net::Conn;
 use crate::outcome::{CloseReason, Initiator};
-use crate::relay::{self, Peer, RelayConfig, SessionContext};
+use crate::relay::{self, Peer, SessionContext};
 
 impl Proxy {
-    fn relay_config(&self) -> RelayConfig {
-        RelayConfig {
-            client: self.config.client_heartbeat,
-            upstream: self.config.upstream_heartbeat,
-            close_timeout: self.config.close_timeout,
-            max_frame_size: self.config.max_frame_size,
-        }
-    }
-
     /// Waits for both upgrades, then relays until the session ends, and records its outcome.
     /// `ctx` is held to the end, so whatever it guards (the connection-limit permit) lives as
     /// long as the session.
@@ -60,7 +51,7 @@ impl Proxy {
                 read_ahead: upstream_ahead,
             },
             SessionContext {
-                cfg: self.relay_config(),
+                cfg: self.config.relay,
                 drain: Arc::clone(&self.drain),
                 metrics: Arc::clone(&self.metrics),
                 info: Arc::clone(registration.info()),

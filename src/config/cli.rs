@@ -1,0 +1,217 @@
+//! The command line: [`Cli`] and its groups of flags, one `clap::Args` struct per role, each
+//! with its own `--help` heading (the layout of erebe/wstunnel's config).
+//!
+//! This module owns flag names, `WSBEAT_*` variable names, literal defaults and help lines. It
+//! checks nothing beyond what clap must: values stay strings, so that the parent module can
+//! report every bad value at once. A new flag goes into the group of its role; a new role gets a
+//! group of its own and a field in [`Cli`] and in `Config`.
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, ValueEnum};
+
+use super::{DEFAULT_ADMIN_LISTEN, DEFAULT_DEMO_LISTEN, DEFAULT_LISTEN};
+
+/// Command-line flags; each one can also be set by the `WSBEAT_*` variable in its help.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "wsbeat",
+    version,
+    about = "WebSocket reverse proxy that keeps both legs of every session alive \
+             with its own pings and timeouts"
+)]
+pub struct Cli {
+    /// Where clients and the admin endpoints connect.
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// The backend and how to reach it.
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
+    /// What is asked of connecting clients.
+    #[command(flatten)]
+    pub clients: ClientArgs,
+    /// Heartbeats, closes and frame limits of upgraded sessions.
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    /// Threads and logging.
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    /// The built-in echo upstream.
+    #[command(flatten)]
+    pub demo: DemoArgs,
+}
+
+/// Listener addresses.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Listeners")]
+pub struct ListenArgs {
+    /// Address clients connect to.
+    #[arg(long, env = "WSBEAT_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+
+    /// Address of the /metrics, /healthz and /readyz listener.
+    #[arg(long, env = "WSBEAT_ADMIN_LISTEN", value_name = "ADDR", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: String,
+}
+
+/// The upstream and the connections to it.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Upstream")]
+pub struct UpstreamArgs {
+    /// Upstream to proxy to: ws://host:port[/base] or http://host:port[/base]. Required unless --demo.
+    #[arg(long, env = "WSBEAT_UPSTREAM", value_name = "URL")]
+    pub upstream: Option<String>,
+
+    /// Forward the client's Host header instead of the upstream's authority.
+    #[arg(long, env = "WSBEAT_PRESERVE_HOST", value_parser = BoolishValueParser::new())]
+    pub preserve_host: bool,
+
+    /// Time limit for the upstream TCP connect plus WebSocket handshake.
+    #[arg(
+        long,
+        env = "WSBEAT_CONNECT_TIMEOUT",
+        value_name = "DUR",
+        default_value = "5s"
+    )]
+    pub connect_timeout: String,
+
+    /// TCP_USER_TIMEOUT on upstream sockets: drop the upstream when sent data stays unacknowledged this long (0 = off).
+    #[arg(
+        long,
+        env = "WSBEAT_UPSTREAM_TCP_USER_TIMEOUT",
+        value_name = "DUR",
+        default_value = "30s"
+    )]
+    pub upstream_tcp_user_timeout: String,
+}
+
+/// What connecting clients must do before they get a session.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Clients")]
+pub struct ClientArgs {
+    /// Time a client has to send its complete HTTP request.
+    #[arg(
+        long,
+        env = "WSBEAT_HANDSHAKE_TIMEOUT",
+        value_name = "DUR",
+        default_value = "10s"
+    )]
+    pub handshake_timeout: String,
+}
+
+/// Settings of each upgraded session: heartbeats per leg, the close handshake, frame limits.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Sessions")]
+pub struct RelayArgs {
+    /// How often to ping clients (0 = never).
+    #[arg(
+        long,
+        env = "WSBEAT_CLIENT_PING_INTERVAL",
+        value_name = "DUR",
+        default_value = "20s"
+    )]
+    pub client_ping_interval: String,
+
+    /// After a ping, how long a client may stay silent before it is dropped (0 = never).
+    #[arg(
+        long,
+        env = "WSBEAT_CLIENT_PONG_TIMEOUT",
+        value_name = "DUR",
+        default_value = "20s"
+    )]
+    pub client_pong_timeout: String,
+
+    /// How often to ping the upstream (0 = never).
+    #[arg(
+        long,
+        env = "WSBEAT_UPSTREAM_PING_INTERVAL",
+        value_name = "DUR",
+        default_value = "20s"
+    )]
+    pub upstream_ping_interval: String,
+
+    /// After a ping, how long the upstream may stay silent (0 = never; legacy upstreams may not answer pings).
+    #[arg(
+        long,
+        env = "WSBEAT_UPSTREAM_PONG_TIMEOUT",
+        value_name = "DUR",
+        default_value = "0"
+    )]
+    pub upstream_pong_timeout: String,
+
+    /// How long a closing session waits for the close handshake before dropping both legs.
+    #[arg(
+        long,
+        env = "WSBEAT_CLOSE_TIMEOUT",
+        value_name = "DUR",
+        default_value = "5s"
+    )]
+    pub close_timeout: String,
+
+    /// Largest accepted frame; larger frames are refused with close code 1009 (e.g. 16MiB, 65536, 1mb).
+    #[arg(
+        long,
+        env = "WSBEAT_MAX_FRAME_SIZE",
+        value_name = "BYTES",
+        default_value = "16MiB"
+    )]
+    pub max_frame_size: String,
+}
+
+/// How the process runs and logs.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Process")]
+pub struct ProcessArgs {
+    /// Threads that relay sessions, each with its own event loop; 0 means one per CPU.
+    #[arg(
+        long,
+        env = "WSBEAT_WORKER_THREADS",
+        value_name = "N",
+        default_value = "0"
+    )]
+    pub worker_threads: String,
+
+    /// Log output format.
+    #[arg(long, env = "WSBEAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing EnvFilter syntax (e.g. info or info,wsbeat::relay=debug).
+    #[arg(
+        long,
+        env = "WSBEAT_LOG_LEVEL",
+        value_name = "FILTER",
+        default_value = "info"
+    )]
+    pub log_level: String,
+}
+
+/// The in-process demo upstream.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Demo")]
+pub struct DemoArgs {
+    /// Also start an in-process echo upstream that never answers pings, and proxy to it.
+    #[arg(long, env = "WSBEAT_DEMO", value_parser = BoolishValueParser::new())]
+    pub demo: bool,
+
+    /// Address the --demo upstream listens on.
+    #[arg(long, env = "WSBEAT_DEMO_LISTEN", value_name = "ADDR", default_value = DEFAULT_DEMO_LISTEN)]
+    pub demo_listen: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl LogFormat {
+    /// The flag value that selects this format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}

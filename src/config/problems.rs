@@ -1,0 +1,116 @@
+//! Collecting problems while parsing flags: [`Problems`] parses one value at a time, records a
+//! message naming the flag when it fails, and hands back a placeholder so parsing goes on.
+//!
+//! This module owns the single-flag rules (syntax, ranges of one value). Rules that relate several settings live in the parent module, which
+//! asks [`Problems::parsed`] first, so a bad value never causes a complaint about its
+//! placeholder.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use super::units::{DURATION_HELP, SIZE_HELP, parse_duration, parse_size};
+use super::{MAX_WORKER_THREADS, Upstream};
+
+/// Collects problems while parsing, and remembers which flags failed so that rules involving
+/// them are skipped instead of reporting a consequence of the placeholder.
+#[derive(Default)]
+pub(super) struct Problems {
+    pub(super) list: Vec<String>,
+    failed: Vec<&'static str>,
+}
+
+impl Problems {
+    /// Records a problem that involves several flags (none of them failed on its own).
+    pub(super) fn push(&mut self, problem: String) {
+        self.list.push(problem);
+    }
+
+    /// Records that `flag` failed with `problem`, and returns `placeholder` in its stead.
+    fn fail<T>(&mut self, flag: &'static str, problem: String, placeholder: T) -> T {
+        self.failed.push(flag);
+        self.list.push(problem);
+        placeholder
+    }
+
+    /// Whether `flag` parsed, so rules about its value are meaningful.
+    pub(super) fn parsed(&self, flag: &str) -> bool {
+        !self.failed.contains(&flag)
+    }
+
+    /// A duration in the syntax of `units`.
+    pub(super) fn duration(&mut self, flag: &'static str, raw: &str) -> Duration {
+        parse_duration(raw).unwrap_or_else(|why| {
+            self.fail(
+                flag,
+                format!("{flag} {raw:?}: {why}; {DURATION_HELP}"),
+                Duration::ZERO,
+            )
+        })
+    }
+
+    /// A thread count: 0 means one per CPU; more than [`MAX_WORKER_THREADS`] is refused.
+    pub(super) fn threads(&mut self, flag: &'static str, raw: &str) -> usize {
+        match raw.trim().parse::<usize>() {
+            Ok(0) => std::thread::available_parallelism().map_or(1, usize::from),
+            Ok(n) if n <= MAX_WORKER_THREADS => n,
+            _ => self.fail(
+                flag,
+                format!(
+                    "{flag} {raw:?}: expected a whole number from 0 (one per CPU) to \
+                     {MAX_WORKER_THREADS}"
+                ),
+                1,
+            ),
+        }
+    }
+
+    /// A byte size in the syntax of `units`.
+    pub(super) fn size(&mut self, flag: &'static str, raw: &str) -> u64 {
+        parse_size(raw)
+            .unwrap_or_else(|why| self.fail(flag, format!("{flag} {raw:?}: {why}; {SIZE_HELP}"), 0))
+    }
+
+    /// A socket address, IP and port.
+    pub(super) fn addr(&mut self, flag: &'static str, raw: &str) -> SocketAddr {
+        raw.trim().parse().unwrap_or_else(|_| {
+            let problem =
+                format!("{flag} {raw:?}: expected IP:PORT, e.g. 0.0.0.0:8080 or [::]:8080");
+            self.fail(flag, problem, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+        })
+    }
+
+    /// `--upstream`, or in demo mode the demo listener, whose real port `main` fills in.
+    pub(super) fn upstream(
+        &mut self,
+        raw: Option<&str>,
+        demo: bool,
+        demo_listen: SocketAddr,
+    ) -> Upstream {
+        let placeholder = Upstream::from_addr(demo_listen);
+        match (raw, demo) {
+            (None, true) => placeholder,
+            (None, false) => {
+                self.fail("--upstream", "--upstream is required (or try --demo)".into(), placeholder)
+            }
+            (Some(_), true) => self.fail(
+                "--upstream",
+                "--demo proxies to its own echo upstream: drop --upstream (or WSBEAT_UPSTREAM), or drop --demo".into(),
+                placeholder,
+            ),
+            (Some(url), false) => Upstream::parse(url).unwrap_or_else(|why| {
+                let problem = format!("--upstream {url:?}: {why}; expected ws://host:port[/base] or http://host:port[/base]");
+                self.fail("--upstream", problem, placeholder)
+            }),
+        }
+    }
+
+    /// A tracing `EnvFilter` directive, checked to parse and kept as written.
+    pub(super) fn log_filter(&mut self, raw: &str) -> String {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(raw) {
+            let problem =
+                format!("--log-level {raw:?}: {e}; e.g. info or info,wsbeat::relay=debug");
+            self.fail("--log-level", problem, ());
+        }
+        raw.to_owned()
+    }
+}
