@@ -81,6 +81,11 @@ pub const MAX_WORKER_THREADS: usize = 256;
 /// session; anything above is almost certainly a unit mistake.
 pub const MAX_FRAME_SIZE_BYTES: u64 = GIB;
 
+/// Shortest ping interval or pong timeout other than 0 (off). A few milliseconds would flood
+/// both peers with pings and keep the relay threads busy answering them, and no network path
+/// needs it; 10 ms still leaves tests room to run heartbeats in tens of milliseconds.
+pub const MIN_HEARTBEAT_PERIOD: Duration = Duration::from_millis(10);
+
 /// Validated settings, in the same groups as the flags. Only [`Config::try_from`] builds one
 /// from user input, so every value here has passed the checks described on [`Cli`].
 #[derive(Debug, Clone, PartialEq)]
@@ -227,12 +232,13 @@ impl RelayConfig {
     fn parse(args: &RelayArgs, p: &mut Problems) -> RelayConfig {
         RelayConfig {
             client: HeartbeatConfig {
-                interval: p.duration("--client-ping-interval", &args.client_ping_interval),
-                timeout: p.duration("--client-pong-timeout", &args.client_pong_timeout),
+                interval: p.heartbeat_period("--client-ping-interval", &args.client_ping_interval),
+                timeout: p.heartbeat_period("--client-pong-timeout", &args.client_pong_timeout),
             },
             upstream: HeartbeatConfig {
-                interval: p.duration("--upstream-ping-interval", &args.upstream_ping_interval),
-                timeout: p.duration("--upstream-pong-timeout", &args.upstream_pong_timeout),
+                interval: p
+                    .heartbeat_period("--upstream-ping-interval", &args.upstream_ping_interval),
+                timeout: p.heartbeat_period("--upstream-pong-timeout", &args.upstream_pong_timeout),
             },
             close_timeout: p.duration("--close-timeout", &args.close_timeout),
             max_frame_size: p.size("--max-frame-size", &args.max_frame_size),

@@ -95,3 +95,29 @@ async fn demo_quick_start_echoes_and_stops_cleanly_on_sigterm() {
     let status = child.exit_status(Duration::from_secs(10)).await;
     assert!(status.success(), "exit after SIGTERM: {status}");
 }
+
+/// Heartbeat periods below 10 ms are refused before any port is bound, with the flag named,
+/// whether they come from a flag or a `WSBEAT_*` variable.
+#[tokio::test]
+async fn heartbeat_periods_below_10ms_are_a_usage_error() {
+    let out = finish(
+        wsbeat()
+            .args(["--upstream", "ws://127.0.0.1:9", "--listen", "127.0.0.1:0"])
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--client-ping-interval",
+                "1ms",
+            ])
+            .env("WSBEAT_UPSTREAM_PONG_TIMEOUT", "0.001ms"),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
+    for flag in ["--client-ping-interval 1ms", "--upstream-pong-timeout 1µs"] {
+        assert!(
+            stderr.contains(&format!("{flag}: below the 10ms minimum")),
+            "{flag}: {stderr}"
+        );
+    }
+}

@@ -102,7 +102,7 @@ pub struct ClientArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Sessions")]
 pub struct RelayArgs {
-    /// How often to ping clients (0 = never).
+    /// How often to ping clients (0 = never; otherwise at least 10ms).
     #[arg(
         long,
         env = "WSBEAT_CLIENT_PING_INTERVAL",
@@ -111,7 +111,7 @@ pub struct RelayArgs {
     )]
     pub client_ping_interval: String,
 
-    /// After a ping, how long a client may stay silent before it is dropped (0 = never).
+    /// After a ping, how long a client may stay silent before it is dropped (0 = never; otherwise at least 10ms).
     #[arg(
         long,
         env = "WSBEAT_CLIENT_PONG_TIMEOUT",
@@ -120,7 +120,7 @@ pub struct RelayArgs {
     )]
     pub client_pong_timeout: String,
 
-    /// How often to ping the upstream (0 = never).
+    /// How often to ping the upstream (0 = never; otherwise at least 10ms).
     #[arg(
         long,
         env = "WSBEAT_UPSTREAM_PING_INTERVAL",
@@ -129,7 +129,7 @@ pub struct RelayArgs {
     )]
     pub upstream_ping_interval: String,
 
-    /// After a ping, how long the upstream may stay silent (0 = never; legacy upstreams may not answer pings).
+    /// After a ping, how long the upstream may stay silent (0 = never, as legacy upstreams may not answer pings; otherwise at least 10ms).
     #[arg(
         long,
         env = "WSBEAT_UPSTREAM_PONG_TIMEOUT",

@@ -1,15 +1,16 @@
 //! Collecting problems while parsing flags: [`Problems`] parses one value at a time, records a
 //! message naming the flag when it fails, and hands back a placeholder so parsing goes on.
 //!
-//! This module owns the single-flag rules (syntax, ranges of one value). Rules that relate several settings live in the parent module, which
+//! This module owns the single-flag rules (syntax, ranges of one value, such as the 10 ms floor
+//! of heartbeat periods). Rules that relate several settings live in the parent module, which
 //! asks [`Problems::parsed`] first, so a bad value never causes a complaint about its
 //! placeholder.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use super::units::{DURATION_HELP, SIZE_HELP, parse_duration, parse_size};
-use super::{MAX_WORKER_THREADS, Upstream};
+use super::units::{DURATION_HELP, SIZE_HELP, format_duration, parse_duration, parse_size};
+use super::{MAX_WORKER_THREADS, MIN_HEARTBEAT_PERIOD, Upstream};
 
 /// Collects problems while parsing, and remembers which flags failed so that rules involving
 /// them are skipped instead of reporting a consequence of the placeholder.
@@ -46,6 +47,21 @@ impl Problems {
                 Duration::ZERO,
             )
         })
+    }
+
+    /// A ping interval or pong timeout: 0 (off), or at least [`MIN_HEARTBEAT_PERIOD`].
+    pub(super) fn heartbeat_period(&mut self, flag: &'static str, raw: &str) -> Duration {
+        let period = self.duration(flag, raw);
+        if !period.is_zero() && period < MIN_HEARTBEAT_PERIOD {
+            let problem = format!(
+                "{flag} {}: below the {} minimum; use 0 (off) or {} or more",
+                format_duration(period),
+                format_duration(MIN_HEARTBEAT_PERIOD),
+                format_duration(MIN_HEARTBEAT_PERIOD),
+            );
+            return self.fail(flag, problem, Duration::ZERO);
+        }
+        period
     }
 
     /// A thread count: 0 means one per CPU; more than [`MAX_WORKER_THREADS`] is refused.

@@ -421,3 +421,33 @@ fn relay_settings_are_one_group() {
     };
     assert_eq!(config.relay, want);
 }
+
+/// A few microseconds between pings would flood both peers; below 10 ms is refused with a
+/// message that names the flag, while 0 still switches the timer off.
+#[test]
+fn heartbeat_periods_below_10ms_are_refused() {
+    for flag in [
+        "--client-ping-interval",
+        "--client-pong-timeout",
+        "--upstream-ping-interval",
+        "--upstream-pong-timeout",
+    ] {
+        for raw in ["0.001ms", "1ms", "9.999ms"] {
+            let found = problems(&format!("{UPSTREAM} {flag} {raw}"));
+            assert_eq!(found.len(), 1, "{flag} {raw}: {found:#?}");
+            assert!(found[0].starts_with(flag), "{flag} {raw}: {found:?}");
+            assert!(
+                found[0].contains("below the 10ms minimum; use 0 (off) or 10ms or more"),
+                "{flag} {raw}: {found:?}"
+            );
+        }
+        assert!(
+            config(&format!("{UPSTREAM} {flag} 10ms")).is_ok(),
+            "{flag} 10ms"
+        );
+    }
+    let off = "--client-ping-interval 0 --client-pong-timeout 0 --upstream-ping-interval 0";
+    let config = config(&format!("{UPSTREAM} {off} --upstream-pong-timeout 0")).unwrap();
+    assert_eq!(config.relay.client, HeartbeatConfig::OFF);
+    assert_eq!(config.relay.upstream, HeartbeatConfig::OFF);
+}
