@@ -4,7 +4,8 @@
 //!
 //! A connection flows `accept → http upgrade → upstream connect → relay → close → outcome`:
 //!
-//! - [`config`]: clap `Cli` → validated [`config::Config`]; every error reported at once.
+//! - [`config`]: clap `Cli` → validated [`config::Config`], both in groups by role (the relay
+//!   takes [`config::RelayConfig`] whole); every error reported at once.
 //! - [`server`]: accept loop, per-connection spawn, shutdown wiring; `run(listener, …, shutdown)`.
 //! - [`proxy`]: the HTTP side, one module per job: dispatch, upgrade validation, the upgrade,
 //!   the session's lifecycle, the upstream connector, plain HTTP forwarding and header rules,
@@ -21,7 +22,8 @@
 //! - [`body`]: the HTTP body type and small text responses, for both listeners.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/connections` on a separate listener.
 //! - [`sessions`]: the live-session table behind `/connections`.
-//! - [`shutdown`]: SIGTERM/SIGINT future.
+//! - [`shutdown`]: SIGTERM/SIGINT future, and the drain: its phases, one `DrainTrigger` for
+//!   the server, a `DrainWatcher` for every session and connection.
 //! - [`workers`]: relay threads, one event loop each; the accept loop spreads connections.
 //! - [`demo`]: a tiny legacy-style echo upstream that never answers pings (`--demo`, tests).
 #![forbid(unsafe_code)]

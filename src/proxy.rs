@@ -45,7 +45,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
-use crate::shutdown::Drain;
+use crate::shutdown::DrainWatcher;
 
 pub use context::{ConnContext, Scheme};
 pub use error::ProxyError;
@@ -54,8 +54,8 @@ pub use error::ProxyError;
 pub struct Proxy {
     config: Config,
     metrics: Arc<Metrics>,
-    /// Started when the proxy shuts down; sessions then close with 1001.
-    drain: Arc<Drain>,
+    /// The proxy's drain; sessions close with 1001 once it is going away.
+    drain: DrainWatcher,
     /// Tracks upgraded sessions so shutdown can wait for them.
     tasks: TaskTracker,
     /// Live sessions, for `/connections`.
@@ -63,12 +63,18 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy for `config` that counts into `metrics` and lists its sessions in `live`.
-    pub fn new(config: Config, metrics: Arc<Metrics>, live: Arc<Sessions>) -> Self {
+    /// A proxy for `config` that counts into `metrics`, lists its sessions in `live` and
+    /// closes them as `drain` says.
+    pub fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        live: Arc<Sessions>,
+        drain: DrainWatcher,
+    ) -> Self {
         Proxy {
             config,
             metrics,
-            drain: Arc::new(Drain::default()),
+            drain,
             tasks: TaskTracker::new(),
             live,
         }
@@ -80,7 +86,7 @@ impl Proxy {
     }
 
     /// The drain every session listens to.
-    pub fn drain(&self) -> &Arc<Drain> {
+    pub fn drain(&self) -> &DrainWatcher {
         &self.drain
     }
 

@@ -48,11 +48,11 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use crate::Side;
 pub use crate::config::RelayConfig;
 use crate::frame::{self, close_code};
-use crate::heartbeat::{Action, HeartbeatConfig};
+use crate::heartbeat::Action;
 use crate::metrics::{Metrics, Shard, Tally};
 use crate::outcome::{CloseReason, Initiator, Outcome};
 use crate::sessions::SessionInfo;
-use crate::shutdown::Drain;
+use crate::shutdown::DrainWatcher;
 use leg::{CloseFrame, Failure, LegState};
 use pump::{Pump, Violation};
 use timers::{Timer, TimerTable, on_grid, timer_grid};
@@ -77,8 +77,8 @@ pub struct Peer<S> {
 pub struct SessionContext {
     /// Settings.
     pub cfg: RelayConfig,
-    /// Started when the proxy shuts down: both legs then get close 1001.
-    pub drain: Arc<Drain>,
+    /// The proxy's drain: once it is going away, both legs get close 1001.
+    pub drain: DrainWatcher,
     /// Where counters go.
     pub metrics: Arc<Metrics>,
     /// This session's entry in `/connections`.
@@ -137,7 +137,7 @@ struct Session<C, U> {
     timer: Pin<Box<Sleep>>,
     /// The timer was polled since it was last armed, so it will wake this task when due.
     timer_registered: bool,
-    drain: Arc<Drain>,
+    drain: DrainWatcher,
     /// Wakes this task when the drain starts; polled once to register, then only when the
     /// drain flag says it is ready.
     drain_wait: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -193,7 +193,7 @@ where
             timers,
             timer: Box::pin(tokio::time::sleep_until(first)),
             timer_registered: false,
-            drain_wait: Box::pin(drain.token().clone().cancelled_owned()),
+            drain_wait: Box::pin(drain.going_away_owned()),
             drain,
             drain_registered: false,
             cancelled: false,
@@ -236,7 +236,7 @@ where
 
     /// Starts the close handshake when the drain begins.
     fn poll_drain(&mut self, cx: &mut Context<'_>) {
-        if !self.cancelled && (!self.drain_registered || self.drain.is_started()) {
+        if !self.cancelled && (!self.drain_registered || self.drain.is_going_away()) {
             self.drain_registered = true;
             if self.drain_wait.as_mut().poll(cx).is_ready() {
                 self.cancelled = true;

@@ -27,13 +27,15 @@ use crate::metrics::Metrics;
 use crate::net::{self, Conn};
 use crate::proxy::{ConnContext, Proxy, Scheme};
 use crate::sessions::Sessions;
+use crate::shutdown::{self, DrainTrigger, Phase};
 use crate::workers::Workers;
 
 /// First pause after a failed accept; doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between failed accepts.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Extra time, beyond `--close-timeout`, that shutdown waits for sessions to finish.
+/// Extra time, beyond `--close-timeout`, that shutdown waits for sessions to finish: their
+/// close handshakes have `--close-timeout`, and then a moment to shut their sockets down.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(1);
 
 /// Errors that stop the server.
@@ -53,7 +55,8 @@ pub enum ServerError {
 }
 
 /// Serves clients on `listener` and the admin endpoints on `admin` until `shutdown` completes,
-/// then closes every session with 1001 and waits (bounded) for them.
+/// then drains: readiness off, the listener closed, every session closed with 1001, and a
+/// bounded wait for them before the rest is dropped.
 ///
 /// # Errors
 /// [`ServerError`] when start-up fails; per-connection failures are logged, not returned.
@@ -75,39 +78,69 @@ pub async fn run(
         Arc::clone(&state),
         admin_cancel.clone(),
     ));
-    let proxy = Arc::new(Proxy::new(config, metrics, live));
+    let (trigger, watcher) = shutdown::channel();
+    let proxy = Arc::new(Proxy::new(config, metrics, live, watcher));
     let connections = TaskTracker::new();
     tokio::select! {
         () = accept_loop(&listener, &proxy, &connections, &workers) => {}
         () = shutdown => tracing::info!("shutting down: closing sessions with 1001"),
     }
+    let drain = Drain {
+        trigger,
+        state: &state,
+        proxy: &proxy,
+        connections: &connections,
+    };
+    drain.enter(Phase::NotReady);
     drop(listener);
-    drain(&state, &proxy, &connections, workers).await;
+    drain.going_away().await;
+    drain.enter(Phase::Deadline);
+    workers.stop().await;
     admin_cancel.cancel();
     Ok(())
 }
 
-/// Shutdown after the accept loop stopped: readiness off, every session told 1001 (the
-/// relay's cancel path), then a bounded wait for connections and sessions to finish, and the
-/// relay threads stopped (dropping whatever was still running on them).
-async fn drain(state: &AdminState, proxy: &Proxy, connections: &TaskTracker, workers: Workers) {
-    state.set_ready(false);
-    proxy.drain().start();
-    connections.close();
-    proxy.tasks().close();
-    let deadline = proxy.config().relay.close_timeout + SHUTDOWN_SLACK;
-    let drained = tokio::time::timeout(deadline, async {
-        connections.wait().await;
-        proxy.tasks().wait().await;
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            ?deadline,
-            "sessions still open at the shutdown deadline; dropping them"
-        );
+/// The drain sequence: the one holder of the [`DrainTrigger`], and what each phase does to the
+/// parts the server owns. Sessions and HTTP connections react to the phases by themselves,
+/// through their watchers.
+struct Drain<'a> {
+    trigger: DrainTrigger,
+    state: &'a AdminState,
+    proxy: &'a Proxy,
+    connections: &'a TaskTracker,
+}
+
+impl Drain<'_> {
+    /// Moves to `phase` (once; later calls for it are no-ops) and applies it to the server's
+    /// own parts: readiness turns off as soon as the drain begins.
+    fn enter(&self, phase: Phase) {
+        if !self.trigger.advance(phase) {
+            return;
+        }
+        if phase >= Phase::NotReady {
+            self.state.set_ready(false);
+        }
     }
-    workers.stop().await;
+
+    /// Tells every session and connection to go away (the listener must be closed first), then
+    /// waits for them, at most `--close-timeout` plus [`SHUTDOWN_SLACK`].
+    async fn going_away(&self) {
+        self.enter(Phase::GoingAway);
+        self.connections.close();
+        self.proxy.tasks().close();
+        let deadline = self.proxy.config().relay.close_timeout + SHUTDOWN_SLACK;
+        let drained = tokio::time::timeout(deadline, async {
+            self.connections.wait().await;
+            self.proxy.tasks().wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?deadline,
+                "sessions still open at the shutdown deadline; dropping them"
+            );
+        }
+    }
 }
 
 async fn accept_loop(
@@ -177,7 +210,7 @@ where
 {
     let peer = ctx.peer();
     let ctx = Arc::new(ctx);
-    let drain = Arc::clone(proxy.drain());
+    let drain = proxy.drain().clone();
     let handshake_timeout = proxy.config().clients.handshake_timeout;
     let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, Arc::clone(&ctx)));
     let conn = http1::Builder::new()
@@ -188,7 +221,7 @@ where
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        () = drain.token().cancelled() => {
+        () = drain.going_away() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

@@ -116,7 +116,13 @@ mod tests {
         let argv = ["wsbeat", "--upstream", "ws://127.0.0.1:9/app"];
         let cli = Cli::try_parse_from(argv.iter().chain(args)).unwrap();
         let config = Config::try_from(cli).unwrap();
-        Proxy::new(config, Arc::new(Metrics::new().unwrap()), Arc::default())
+        let metrics = Arc::new(Metrics::new().unwrap());
+        Proxy::new(
+            config,
+            metrics,
+            Arc::default(),
+            crate::shutdown::channel().1,
+        )
     }
 
     /// `X-Forwarded-Proto` says the scheme of the connection the request came on, unless a

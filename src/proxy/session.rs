@@ -52,7 +52,7 @@ impl Proxy {
             },
             SessionContext {
                 cfg: self.config.relay,
-                drain: Arc::clone(&self.drain),
+                drain: self.drain.clone(),
                 metrics: Arc::clone(&self.metrics),
                 info: Arc::clone(registration.info()),
                 extensions,
@@ -114,6 +114,7 @@ mod tests {
             Config::try_from(cli).unwrap(),
             Arc::clone(&metrics),
             Arc::default(),
+            crate::shutdown::channel().1,
         ));
         let ctx = ConnContext::new("127.0.0.1:1".parse().unwrap(), Scheme::Http, None);
         // Requests hyper never served carry no upgrade: awaiting them fails at once.

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::*;
+use crate::heartbeat::HeartbeatConfig;
 use crate::sessions::Sessions;
 
 const S: Duration = Duration::from_secs(1);
@@ -22,7 +23,7 @@ struct Harness {
     client: DuplexStream,
     /// The test's end of the upstream leg.
     upstream: DuplexStream,
-    drain: Arc<crate::shutdown::Drain>,
+    drain: crate::shutdown::DrainTrigger,
     metrics: Arc<Metrics>,
 }
 
@@ -46,13 +47,13 @@ fn start(cfg: RelayConfig, capacity: usize) -> Harness {
     let (client, proxy_client) = tokio::io::duplex(capacity);
     let (upstream, proxy_upstream) = tokio::io::duplex(capacity);
     let metrics = Arc::new(Metrics::new().unwrap());
-    let drain = Arc::new(crate::shutdown::Drain::default());
+    let (drain, watcher) = crate::shutdown::channel();
     let sessions = Arc::new(Sessions::default());
     let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let registration = sessions.register(addr, "/".into());
     let ctx = SessionContext {
         cfg,
-        drain: Arc::clone(&drain),
+        drain: watcher,
         metrics: Arc::clone(&metrics),
         info: Arc::clone(registration.info()),
         extensions: false,
@@ -333,7 +334,7 @@ async fn shutdown_sends_1001_to_both_sides() {
     let h = start(cfg((0, 0), (0, 0)), 64 * 1024);
     let mut client = ws(h.client, Role::Client).await;
     let mut upstream = ws(h.upstream, Role::Server).await;
-    h.drain.start();
+    h.drain.advance(crate::shutdown::Phase::GoingAway);
     assert_eq!(
         close_of(next(&mut client).await),
         (1001, "proxy shutting down".into())
