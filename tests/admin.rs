@@ -41,6 +41,13 @@ async fn connections_lists_live_sessions_newest_first_with_per_leg_liveness() {
     for path in ["/first", "/second?token=secret", "/third"] {
         let (ws, _) = ws_connect(proxy.ws_url(path)).await;
         clients.push(ws);
+        // A session registers on its relay thread once both upgrades are done, which may be
+        // after the client saw its 101: wait, so the next one is surely newer.
+        let n = clients.len();
+        assert_eventually(STEP, "the session to be listed", || async move {
+            connections(proxy.admin_addr, "").await["total"] == n
+        })
+        .await;
     }
     // Reading answers the proxy's pings.
     let pings = stay_quiet_for(&mut clients[2], Duration::from_millis(200)).await;
