@@ -1,18 +1,22 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/connections`, on its own port.
 //!
 //! Kept off the client port so a load balancer or the internet never reaches it, and so scrapes
-//! keep working while the client listener is saturated or draining.
+//! keep working while the client listener is saturated or draining. Bounded so that it can never
+//! starve the data plane: one request per connection, `--admin-header-timeout` to send it, and
+//! at most `--admin-max-connections` connections at once.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::Encoder;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{ProxyBody, text_response};
@@ -45,33 +49,71 @@ impl AdminState {
     }
 }
 
-/// Serves admin requests until `cancel` fires.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cancel: CancellationToken) {
+/// Bounds on the admin listener, so that it can never starve the data plane of descriptors.
+#[derive(Clone, Copy, Debug)]
+pub struct AdminLimits {
+    /// Time a connection has to send its request head; a silent one is closed after it.
+    pub header_timeout: Duration,
+    /// Connections served at once. Past it, new ones wait in the listen backlog (holding no
+    /// descriptor of ours) until a slot frees.
+    pub max_connections: usize,
+}
+
+/// Serves admin requests until `cancel` fires, at most `limits.max_connections` at a time.
+/// Each connection serves one request (no keep-alive), so a slot is held for one scrape, not
+/// for as long as a client cares to idle.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    cancel: CancellationToken,
+    limits: AdminLimits,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let (stream, _) = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
         };
+        tokio::spawn(serve_one(stream, Arc::clone(&state), limits, permit));
+    }
+}
+
+/// Pause after a failed admin accept (for example out of descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// One admin connection, holding its slot until it ends.
+async fn serve_one(
+    stream: TcpStream,
+    state: Arc<AdminState>,
+    limits: AdminLimits,
+    _slot: OwnedSemaphorePermit,
+) {
+    let svc = service_fn(move |req| {
         let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "admin connection failed");
-            }
-        });
+        async move { Ok::<_, Infallible>(route(&state, &req)) }
+    });
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "admin connection ended with an error");
     }
 }
 

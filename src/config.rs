@@ -26,8 +26,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::heartbeat::HeartbeatConfig;
+use crate::net::Cidr;
 use problems::Problems;
-use units::{GIB, MIB, format_bytes, format_duration};
+use units::{GIB, KIB, MIB, format_bytes, format_duration};
 
 pub use cli::{
     Cli, ClientArgs, DemoArgs, ListenArgs, LogFormat, ProcessArgs, RelayArgs, UpstreamArgs,
@@ -81,6 +82,27 @@ pub const MAX_WORKER_THREADS: usize = 256;
 /// session; anything above is almost certainly a unit mistake.
 pub const MAX_FRAME_SIZE_BYTES: u64 = GIB;
 
+/// Default `--listen-backlog`. The kernel's old default of 128 overflowed under bursts of new
+/// connections (a reconnect storm after a deploy); 1024 absorbs those, and the kernel caps it
+/// at `net.core.somaxconn` anyway (4096 on current kernels).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
+/// Default `--admin-header-timeout`: a scrape sends its request at once; a connection silent
+/// for 5 s is not a scraper and must not hold a descriptor.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `--admin-max-connections`: a few scrapers and probes at once. Small, so the admin
+/// port can never take the descriptors the data plane needs (kept in `net::RESERVED_FDS`).
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 16;
+/// Default `--max-request-header-size`: 16 KiB, as Envoy's and above nginx's 8 KiB default
+/// buffer; real upgrade requests with cookies take 1-4 KiB.
+pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: u64 = 16 * KIB;
+/// Smallest `--max-request-header-size`: hyper's own minimum read buffer.
+pub const MIN_REQUEST_HEADER_BYTES: u64 = 8 * KIB;
+/// Largest `--max-request-header-size`: beyond 1 MiB a request head is an attack, not a client.
+pub const MAX_REQUEST_HEADER_BYTES: u64 = MIB;
+
+/// Most admin connections at once: the cap exists to be small.
+pub const MAX_ADMIN_CONNECTIONS: usize = 1024;
+
 /// Shortest ping interval or pong timeout other than 0 (off). A few milliseconds would flood
 /// both peers with pings and keep the relay threads busy answering them, and no network path
 /// needs it; 10 ms still leaves tests room to run heartbeats in tens of milliseconds.
@@ -104,13 +126,19 @@ pub struct Config {
     pub demo: Option<SocketAddr>,
 }
 
-/// Where wsbeat listens.
+/// Where wsbeat listens, and the bounds of its listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenConfig {
     /// Where clients connect (`--listen`).
     pub client: SocketAddr,
     /// Where /metrics, /healthz and /readyz are served (`--admin-listen`).
     pub admin: SocketAddr,
+    /// Kernel queue of not yet accepted connections on `--listen` (`--listen-backlog`).
+    pub backlog: u32,
+    /// Time an admin connection has to send its request head (`--admin-header-timeout`).
+    pub admin_header_timeout: Duration,
+    /// Admin connections served at once (`--admin-max-connections`).
+    pub admin_max_connections: usize,
 }
 
 /// The backend every session is proxied to, and how connections to it are made.
@@ -127,10 +155,18 @@ pub struct UpstreamConfig {
 }
 
 /// What connecting clients must do before they get a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Time a client has to send its HTTP request.
     pub handshake_timeout: Duration,
+    /// Client connections (and the sessions they become) at once (`--max-connections`).
+    pub max_connections: usize,
+    /// Largest request head, in bytes (`--max-request-header-size`).
+    pub max_request_header_size: usize,
+    /// Peers whose forwarding headers are believed (`--trusted-proxies`); empty: none.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Origins allowed to upgrade, lowercase; `None` for any (`--allowed-origins *`).
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// Settings of each session, the same for all of them: what the relay needs besides its two
@@ -196,6 +232,13 @@ impl ListenConfig {
         ListenConfig {
             client: p.addr("--listen", &args.listen),
             admin: p.addr("--admin-listen", &args.admin_listen),
+            backlog: p.count("--listen-backlog", &args.listen_backlog, u32::MAX as usize) as u32,
+            admin_header_timeout: p.duration("--admin-header-timeout", &args.admin_header_timeout),
+            admin_max_connections: p.count(
+                "--admin-max-connections",
+                &args.admin_max_connections,
+                MAX_ADMIN_CONNECTIONS,
+            ),
         }
     }
 }
@@ -224,6 +267,14 @@ impl ClientConfig {
     fn parse(args: &ClientArgs, p: &mut Problems) -> ClientConfig {
         ClientConfig {
             handshake_timeout: p.duration("--handshake-timeout", &args.handshake_timeout),
+            max_connections: p.max_connections("--max-connections", &args.max_connections),
+            max_request_header_size: p.size_in(
+                "--max-request-header-size",
+                &args.max_request_header_size,
+                MIN_REQUEST_HEADER_BYTES..=MAX_REQUEST_HEADER_BYTES,
+            ) as usize,
+            trusted_proxies: p.cidrs("--trusted-proxies", &args.trusted_proxies),
+            allowed_origins: p.origins("--allowed-origins", &args.allowed_origins),
         }
     }
 }
@@ -303,6 +354,7 @@ impl Config {
             ("--connect-timeout", self.upstream.connect_timeout),
             ("--handshake-timeout", self.clients.handshake_timeout),
             ("--close-timeout", self.relay.close_timeout),
+            ("--admin-header-timeout", self.listen.admin_header_timeout),
         ] {
             if p.parsed(flag) && value.is_zero() {
                 p.push(format!("{flag} must be above 0 (e.g. 5s): without it a stuck peer holds a session forever"));
@@ -402,7 +454,9 @@ impl Config {
              client_ping_interval={} client_pong_timeout={} \
              upstream_ping_interval={} upstream_pong_timeout={} upstream_tcp_user_timeout={} \
              connect_timeout={} handshake_timeout={} close_timeout={} max_frame_size={} \
-             worker_threads={} log_format={} log_level={:?} demo={demo}",
+             worker_threads={} log_format={} log_level={:?} demo={demo} \
+             listen_backlog={} admin_header_timeout={} admin_max_connections={} \
+             max_connections={} max_request_header_size={} trusted_proxies={} allowed_origins={}",
             self.listen.client,
             self.listen.admin,
             self.upstream.preserve_host,
@@ -418,6 +472,16 @@ impl Config {
             self.process.worker_threads,
             self.process.log_format.as_str(),
             self.process.log_level,
+            self.listen.backlog,
+            format_duration(self.listen.admin_header_timeout),
+            self.listen.admin_max_connections,
+            self.clients.max_connections,
+            format_bytes(self.clients.max_request_header_size as u64),
+            self.clients.trusted_proxies.len(),
+            self.clients
+                .allowed_origins
+                .as_ref()
+                .map_or_else(|| "*".to_owned(), |o| o.join(",")),
         )
     }
 }

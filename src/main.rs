@@ -84,10 +84,14 @@ fn run(config: Config) -> anyhow::Result<()> {
         .block_on(serve(config))
 }
 
+/// Listen queue of the admin port (scrapers beyond `--admin-max-connections` wait here) and
+/// of the demo upstream.
+const ADMIN_BACKLOG: u32 = 128;
+
 /// Binds every listener before serving, so a taken port fails at startup with its flag named.
 async fn serve(mut config: Config) -> anyhow::Result<()> {
-    let listener = bind("--listen", config.listen.client).await?;
-    let admin = bind("--admin-listen", config.listen.admin).await?;
+    let listener = bind("--listen", config.listen.client, config.listen.backlog).await?;
+    let admin = bind("--admin-listen", config.listen.admin, ADMIN_BACKLOG).await?;
     let listen_addr = listener
         .local_addr()
         .context("reading the --listen address")?;
@@ -105,7 +109,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
 
 /// Starts the in-process demo upstream and returns it as the upstream to proxy to.
 async fn start_demo(addr: SocketAddr, listen_addr: SocketAddr) -> anyhow::Result<Upstream> {
-    let listener = bind("--demo-listen", addr).await?;
+    let listener = bind("--demo-listen", addr, ADMIN_BACKLOG).await?;
     let demo_addr = listener
         .local_addr()
         .context("reading the --demo-listen address")?;
@@ -119,9 +123,8 @@ async fn start_demo(addr: SocketAddr, listen_addr: SocketAddr) -> anyhow::Result
     Ok(Upstream::from_addr(demo_addr))
 }
 
-async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+async fn bind(flag: &str, addr: SocketAddr, backlog: u32) -> anyhow::Result<TcpListener> {
+    wsbeat::net::bind_listener(addr, backlog)
         .with_context(|| format!("cannot listen on {flag} {addr}"))
 }
 

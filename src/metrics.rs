@@ -131,7 +131,7 @@ impl Metrics {
         let connections = counter_vec(
             r,
             "connections_total",
-            "Upgrade requests by result.",
+            "Upgrade requests by result; over_limit also counts plain HTTP requests refused at --max-connections.",
             &["result"],
         )?;
         let connections = ConnectionResult::ALL

@@ -5,7 +5,7 @@
 //! detected from our unacknowledged pings even when the upstream pong timeout is off.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -68,6 +68,9 @@ pub enum DialError {
 impl DialError {
     /// Metric label for this failure.
     pub fn kind(&self) -> ConnectError {
+        if self.is_local_exhaustion() {
+            return ConnectError::LocalExhaustion;
+        }
         match self {
             DialError::Resolve { .. } => ConnectError::Dns,
             DialError::Connect { source, .. }
@@ -78,6 +81,127 @@ impl DialError {
             DialError::Connect { .. } => ConnectError::Io,
         }
     }
+
+    /// True when wsbeat itself ran out of descriptors or socket memory: the upstream was
+    /// never asked, and an operator must look at wsbeat, not at the backend.
+    pub fn is_local_exhaustion(&self) -> bool {
+        let source = match self {
+            DialError::Resolve { source, .. } | DialError::Connect { source, .. } => source,
+        };
+        matches!(
+            source.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        )
+    }
+}
+
+/// An address block such as `10.0.0.0/8` or `2001:db8::/32`; a bare address is a block of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// True when `ip` lies in the block. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as a
+    /// dual-stack listener reports IPv4 peers) matches the IPv4 block it maps.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(
+                u128::from(net.to_bits()),
+                u128::from(ip.to_bits()),
+                32,
+                self.prefix,
+            ),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(net.to_bits(), ip.to_bits(), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether the top `prefix` of `bits` (addresses `width` bits wide) are equal.
+fn prefix_eq(a: u128, b: u128, width: u32, prefix: u8) -> bool {
+    let shift = width - u32::from(prefix);
+    shift >= width || (a >> shift) == (b >> shift)
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    /// Parses `ADDR/PREFIX` or a bare `ADDR`.
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let network: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or address/prefix"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
+        };
+        Ok(Cidr { network, prefix })
+    }
+}
+
+/// Descriptors kept out of `--max-connections`'s default: listeners, the admin listener's
+/// connections, the connections being refused with 503, the process collector's reads of /proc,
+/// the resolver, logs, with room to spare.
+pub const RESERVED_FDS: u64 = 256;
+
+/// Descriptors one session holds: its client and its upstream socket.
+pub const FDS_PER_SESSION: u64 = 2;
+
+/// The largest number of sessions that fit in `open_files` descriptors with
+/// [`RESERVED_FDS`] kept aside, so that wsbeat never meets EMFILE itself (at least 1).
+pub fn sessions_within(open_files: u64) -> usize {
+    let n = open_files.saturating_sub(RESERVED_FDS) / FDS_PER_SESSION;
+    usize::try_from(n).unwrap_or(usize::MAX).max(1)
+}
+
+/// Soft limit on this process's open files (`RLIMIT_NOFILE`), read from `/proc/self/limits`
+/// (no unsafe `getrlimit` call); `None` when it cannot be read or is unlimited.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Binds a listening TCP socket on `addr` with a `backlog` of pending connections (the
+/// kernel caps it at `net.core.somaxconn`). `SO_REUSEADDR` is set, as tokio's own `bind` does,
+/// so a restart does not wait for old connections in TIME_WAIT.
+///
+/// # Errors
+/// The socket, bind or listen error.
+pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<tokio::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    tokio::net::TcpListener::from_std(socket.into())
 }
 
 /// Resolves `host:port` and connects to the addresses in turn, with upstream socket options.
@@ -283,6 +407,65 @@ mod tests {
             matches!(conn, Conn::Tcp(_)),
             "boxed: the fast path was lost"
         );
+    }
+
+    /// Running out of descriptors is wsbeat's problem, whatever step hit it.
+    #[test]
+    fn descriptor_exhaustion_is_local_not_the_upstream() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            let e = DialError::Connect {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                source: io::Error::from_raw_os_error(errno),
+            };
+            assert_eq!(e.kind(), ConnectError::LocalExhaustion, "errno {errno}");
+            let e = DialError::Resolve {
+                host: "h".into(),
+                source: io::Error::from_raw_os_error(errno),
+            };
+            assert_eq!(e.kind(), ConnectError::LocalExhaustion, "errno {errno}");
+        }
+    }
+
+    #[test]
+    fn cidr_blocks_match_their_addresses_only() {
+        let block: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(block.contains("10.1.255.3".parse().unwrap()));
+        assert!(!block.contains("10.2.0.1".parse().unwrap()));
+        assert!(block.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one: Cidr = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:1::1".parse().unwrap()));
+        assert!(!v6.contains("10.1.0.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_open_files_limit_is_read() {
+        assert!(open_files_limit().is_some_and(|n| n > 0));
+    }
+
+    /// The backlog given is the one the kernel uses: with nothing accepting, connects beyond
+    /// it are not completed, while a larger backlog takes them all.
+    #[tokio::test]
+    async fn the_listen_backlog_bounds_pending_connections() {
+        async fn completed(backlog: u32, tries: usize) -> usize {
+            let listener = bind_listener("127.0.0.1:0".parse().unwrap(), backlog).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let attempts = (0..tries).map(|_| {
+                tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr))
+            });
+            let results = futures_util::future::join_all(attempts).await;
+            results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count()
+        }
+        let small = completed(2, 20).await;
+        assert!(small <= 4, "backlog 2 completed {small} of 20");
+        assert_eq!(completed(64, 20).await, 20);
     }
 
     #[tokio::test]

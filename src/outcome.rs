@@ -36,16 +36,26 @@ pub enum ConnectionResult {
     UpstreamTimeout,
     /// The client's upgrade request was malformed.
     BadRequest,
+    /// Refused with 503 at `--max-connections` (plain HTTP requests included).
+    OverLimit,
+    /// The upgrade's `Origin` is not in `--allowed-origins`; refused with 403 before dialling.
+    ForbiddenOrigin,
+    /// wsbeat itself ran out of a resource (file descriptors, buffers) while connecting to
+    /// the upstream: its own fault, never the upstream's.
+    LocalExhaustion,
 }
 
 impl ConnectionResult {
     /// Every value, in label order.
-    pub const ALL: [ConnectionResult; 5] = [
+    pub const ALL: [ConnectionResult; 8] = [
         ConnectionResult::Upgraded,
         ConnectionResult::RejectedByUpstream,
         ConnectionResult::UpstreamUnreachable,
         ConnectionResult::UpstreamTimeout,
         ConnectionResult::BadRequest,
+        ConnectionResult::OverLimit,
+        ConnectionResult::ForbiddenOrigin,
+        ConnectionResult::LocalExhaustion,
     ];
 
     /// Metric label.
@@ -56,6 +66,9 @@ impl ConnectionResult {
             ConnectionResult::UpstreamUnreachable => "upstream_unreachable",
             ConnectionResult::UpstreamTimeout => "upstream_timeout",
             ConnectionResult::BadRequest => "bad_request",
+            ConnectionResult::OverLimit => "over_limit",
+            ConnectionResult::ForbiddenOrigin => "forbidden_origin",
+            ConnectionResult::LocalExhaustion => "local_exhaustion",
         }
     }
 }
@@ -172,16 +185,20 @@ pub enum ConnectError {
     Handshake,
     /// Any other I/O error.
     Io,
+    /// wsbeat ran out of file descriptors or memory for the socket (EMFILE, ENFILE, ENOBUFS,
+    /// ENOMEM): not the upstream's fault.
+    LocalExhaustion,
 }
 
 impl ConnectError {
     /// Every value, in label order.
-    pub const ALL: [ConnectError; 5] = [
+    pub const ALL: [ConnectError; 6] = [
         ConnectError::Dns,
         ConnectError::Refused,
         ConnectError::Timeout,
         ConnectError::Handshake,
         ConnectError::Io,
+        ConnectError::LocalExhaustion,
     ];
 
     /// Metric label.
@@ -192,6 +209,7 @@ impl ConnectError {
             ConnectError::Timeout => "timeout",
             ConnectError::Handshake => "handshake",
             ConnectError::Io => "io",
+            ConnectError::LocalExhaustion => "local_exhaustion",
         }
     }
 }

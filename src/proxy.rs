@@ -38,7 +38,10 @@ mod session;
 mod upgrade;
 mod validate;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use tokio_util::task::TaskTracker;
 
@@ -47,7 +50,7 @@ use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 use crate::shutdown::DrainWatcher;
 
-pub use context::{ConnContext, Scheme};
+pub use context::{Admission, ConnContext, Scheme};
 pub use error::ProxyError;
 
 /// Everything a connection's requests need, shared by all connections.
@@ -60,7 +63,16 @@ pub struct Proxy {
     tasks: TaskTracker,
     /// Live sessions, for `/connections`.
     live: Arc<Sessions>,
+    /// Slots of `--max-connections`, one per client connection and its session.
+    slots: Arc<Semaphore>,
+    /// Slots for connections being answered 503 once `slots` are gone, so that refusing
+    /// cannot run out of descriptors either.
+    refusals: Arc<Semaphore>,
 }
+
+/// Connections answered 503 at once when `--max-connections` is reached; beyond these, new
+/// connections are closed unanswered. Counted in `net::RESERVED_FDS`.
+const REFUSALS_AT_ONCE: usize = 64;
 
 impl Proxy {
     /// A proxy for `config` that counts into `metrics`, lists its sessions in `live` and
@@ -72,12 +84,38 @@ impl Proxy {
         drain: DrainWatcher,
     ) -> Self {
         Proxy {
-            config,
             metrics,
             drain,
             tasks: TaskTracker::new(),
             live,
+            slots: Arc::new(Semaphore::new(config.clients.max_connections)),
+            refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
+            config,
         }
+    }
+
+    /// Takes a slot for a new client connection: admitted, over the limit (it is served, to
+    /// be answered 503), or `None` when even the refusals are at their cap (close it).
+    pub fn admit(&self) -> Option<Admission> {
+        if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Some(Admission::Admitted(p));
+        }
+        let refusal = Arc::clone(&self.refusals).try_acquire_owned().ok()?;
+        Some(Admission::OverLimit(refusal))
+    }
+
+    /// `--allowed-origins`, lowercase; `None` when any origin may connect.
+    fn allowed_origins(&self) -> Option<&[String]> {
+        self.config.clients.allowed_origins.as_deref()
+    }
+
+    /// True when `--trusted-proxies` lists the peer, whose forwarded headers are then kept.
+    fn trusts(&self, peer: IpAddr) -> bool {
+        self.config
+            .clients
+            .trusted_proxies
+            .iter()
+            .any(|block| block.contains(peer))
     }
 
     /// The validated configuration.

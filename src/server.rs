@@ -21,11 +21,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminLimits, AdminState};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::{self, Conn};
-use crate::proxy::{ConnContext, Proxy, Scheme};
+use crate::proxy::{Admission, ConnContext, Proxy, Scheme};
 use crate::sessions::Sessions;
 use crate::shutdown::{self, DrainTrigger, Phase};
 use crate::workers::Workers;
@@ -73,10 +73,15 @@ pub async fn run(
     let live = Arc::new(Sessions::default());
     let state = Arc::new(AdminState::new(Arc::clone(&metrics), Arc::clone(&live)));
     let admin_cancel = CancellationToken::new();
+    let admin_limits = AdminLimits {
+        header_timeout: config.listen.admin_header_timeout,
+        max_connections: config.listen.admin_max_connections,
+    };
     tokio::spawn(admin::serve(
         admin,
         Arc::clone(&state),
         admin_cancel.clone(),
+        admin_limits,
     ));
     let (trigger, watcher) = shutdown::channel();
     let proxy = Arc::new(Proxy::new(config, metrics, live, watcher));
@@ -154,7 +159,13 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                hand_over(stream, peer, proxy, connections, workers);
+                match proxy.admit() {
+                    Some(admission) => {
+                        hand_over(stream, peer, admission, proxy, connections, workers);
+                    }
+                    // Even the 503s are at their cap: closing is all that is affordable.
+                    None => drop(stream),
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, ?backoff, "accept failed; backing off");
@@ -170,6 +181,7 @@ async fn accept_loop(
 fn hand_over(
     stream: TcpStream,
     peer: SocketAddr,
+    admission: Admission,
     proxy: &Arc<Proxy>,
     connections: &TaskTracker,
     workers: &Workers,
@@ -184,7 +196,7 @@ fn hand_over(
     let proxy = Arc::clone(proxy);
     workers.spawn(connections.track_future(async move {
         match TcpStream::from_std(std_stream) {
-            Ok(stream) => accept_tcp(stream, peer, proxy).await,
+            Ok(stream) => accept_tcp(stream, peer, admission, proxy).await,
             Err(e) => tracing::warn!(%peer, error = %e, "cannot register the connection"),
         }
     }));
@@ -192,11 +204,11 @@ fn hand_over(
 
 /// One accepted TCP connection on its relay thread: socket options, then HTTP. (TLS goes
 /// between the two, on the same socket.)
-async fn accept_tcp(stream: TcpStream, peer: SocketAddr, proxy: Arc<Proxy>) {
+async fn accept_tcp(stream: TcpStream, peer: SocketAddr, admission: Admission, proxy: Arc<Proxy>) {
     if let Err(e) = net::configure_client(&stream) {
         tracing::debug!(%peer, error = %e, "could not set client socket options");
     }
-    let ctx = ConnContext::new(peer, Scheme::Http, None);
+    let ctx = ConnContext::new(peer, Scheme::Http, admission);
     serve_connection(stream, ctx, proxy).await;
 }
 
@@ -212,10 +224,14 @@ where
     let ctx = Arc::new(ctx);
     let drain = proxy.drain().clone();
     let handshake_timeout = proxy.config().clients.handshake_timeout;
+    let max_head = proxy.config().clients.max_request_header_size;
     let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, Arc::clone(&ctx)));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(handshake_timeout)
+        // A head that does not fit is answered 431 by hyper (its minimum is 8 KiB, which the
+        // configuration enforces).
+        .max_buf_size(max_head)
         .serve_connection(TokioIo::new(stream.into()), svc)
         .with_upgrades();
     tokio::pin!(conn);

@@ -112,8 +112,11 @@ async fn http_scheme_upstream_url_is_accepted_for_websocket_sessions() {
 }
 
 #[tokio::test]
+/// Behind a trusted proxy (here: loopback), its `X-Forwarded-For` is appended to; see
+/// `tests/rules.rs` for untrusted peers.
 async fn x_forwarded_headers_are_set_and_x_forwarded_for_is_appended() {
-    let (proxy, mut upstream) = proxy_to_raw(UpstreamReply::accept(), &[]).await;
+    let trusted = ["--trusted-proxies", "127.0.0.1"];
+    let (proxy, mut upstream) = proxy_to_raw(UpstreamReply::accept(), &trusted).await;
 
     let host = ("Host", "public.example:8443");
     let _first = raw_connect(proxy.addr, "/", &[host, ("X-Forwarded-For", "203.0.113.7")]).await;

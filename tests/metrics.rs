@@ -21,12 +21,15 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// Every `result` of `connections_total`.
-const RESULTS: [&str; 5] = [
+const RESULTS: [&str; 8] = [
     "upgraded",
     "rejected_by_upstream",
     "upstream_unreachable",
     "upstream_timeout",
     "bad_request",
+    "over_limit",
+    "forbidden_origin",
+    "local_exhaustion",
 ];
 
 /// A proxy in front of a fresh demo upstream, with `extra` flags.
@@ -404,7 +407,7 @@ async fn fresh_proxy_exports_every_combination_at_zero_with_build_info_and_ready
     let proxy = proxy_to_demo(&[]).await;
     let s = scrape(proxy.admin_addr).await;
     for (name, series) in [
-        ("wsbeat_connections_total", 5),
+        ("wsbeat_connections_total", 8),
         ("wsbeat_pings_sent_total", 2),
         ("wsbeat_pongs_received_total", 2),
         ("wsbeat_ping_rtt_seconds_count", 2),
@@ -413,7 +416,7 @@ async fn fresh_proxy_exports_every_combination_at_zero_with_build_info_and_ready
         ("wsbeat_frames_total", 2 * 7),
         ("wsbeat_bytes_total", 2),
         ("wsbeat_messages_total", 2),
-        ("wsbeat_upstream_connect_errors_total", 5),
+        ("wsbeat_upstream_connect_errors_total", 6),
         ("wsbeat_http_requests_total", 5),
         ("wsbeat_handshake_duration_seconds_count", 1),
         ("wsbeat_connection_duration_seconds_count", 1),

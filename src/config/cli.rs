@@ -51,6 +51,33 @@ pub struct ListenArgs {
     /// Address of the /metrics, /healthz and /readyz listener.
     #[arg(long, env = "WSBEAT_ADMIN_LISTEN", value_name = "ADDR", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: String,
+
+    /// Connections the kernel queues on --listen before wsbeat accepts them (capped by net.core.somaxconn).
+    #[arg(
+        long,
+        env = "WSBEAT_LISTEN_BACKLOG",
+        value_name = "N",
+        default_value = "1024"
+    )]
+    pub listen_backlog: String,
+
+    /// Time an admin connection has to send its request head before it is closed.
+    #[arg(
+        long,
+        env = "WSBEAT_ADMIN_HEADER_TIMEOUT",
+        value_name = "DUR",
+        default_value = "5s"
+    )]
+    pub admin_header_timeout: String,
+
+    /// Admin connections served at once; more wait in the listen queue.
+    #[arg(
+        long,
+        env = "WSBEAT_ADMIN_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value = "16"
+    )]
+    pub admin_max_connections: String,
 }
 
 /// The upstream and the connections to it.
@@ -96,6 +123,42 @@ pub struct ClientArgs {
         default_value = "10s"
     )]
     pub handshake_timeout: String,
+
+    /// Client connections and sessions at once; past it, requests get 503 with Retry-After. auto: from the open-files limit.
+    #[arg(
+        long,
+        env = "WSBEAT_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value = "auto"
+    )]
+    pub max_connections: String,
+
+    /// Largest request head (request line and headers); larger ones get 431. At least 8KiB.
+    #[arg(
+        long,
+        env = "WSBEAT_MAX_REQUEST_HEADER_SIZE",
+        value_name = "BYTES",
+        default_value = "16KiB"
+    )]
+    pub max_request_header_size: String,
+
+    /// Peers (CIDR,...) whose X-Forwarded-* and Forwarded headers are kept and appended to; from any other peer they are replaced.
+    #[arg(
+        long,
+        env = "WSBEAT_TRUSTED_PROXIES",
+        value_name = "CIDR,...",
+        default_value = ""
+    )]
+    pub trusted_proxies: String,
+
+    /// Origins (scheme://host[:port],...) allowed to upgrade, or * for any; others get 403.
+    #[arg(
+        long,
+        env = "WSBEAT_ALLOWED_ORIGINS",
+        value_name = "ORIGIN,...",
+        default_value = "*"
+    )]
+    pub allowed_origins: String,
 }
 
 /// Settings of each upgraded session: heartbeats per leg, the close handshake, frame limits.

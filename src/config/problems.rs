@@ -9,8 +9,17 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use super::units::{DURATION_HELP, SIZE_HELP, format_duration, parse_duration, parse_size};
+use super::units::{
+    DURATION_HELP, SIZE_HELP, format_bytes, format_duration, parse_duration, parse_size,
+};
 use super::{MAX_WORKER_THREADS, MIN_HEARTBEAT_PERIOD, Upstream};
+use crate::net::{self, Cidr};
+
+fn origin_problem(flag: &str, item: &str) -> String {
+    format!(
+        "{flag} {item:?}: expected scheme://host[:port] with no path, e.g. https://app.example, or *"
+    )
+}
 
 /// Collects problems while parsing, and remembers which flags failed so that rules involving
 /// them are skipped instead of reporting a consequence of the placeholder.
@@ -84,6 +93,95 @@ impl Problems {
     pub(super) fn size(&mut self, flag: &'static str, raw: &str) -> u64 {
         parse_size(raw)
             .unwrap_or_else(|why| self.fail(flag, format!("{flag} {raw:?}: {why}; {SIZE_HELP}"), 0))
+    }
+
+    /// A whole number from 1 to `max`.
+    pub(super) fn count(&mut self, flag: &'static str, raw: &str, max: usize) -> usize {
+        match raw.trim().parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => n,
+            _ => self.fail(
+                flag,
+                format!("{flag} {raw:?}: expected a whole number from 1 to {max}"),
+                1,
+            ),
+        }
+    }
+
+    /// `--max-connections`: a count, or `auto` for as many sessions as the open-files limit
+    /// holds with descriptors to spare (see [`net::sessions_within`]).
+    pub(super) fn max_connections(&mut self, flag: &'static str, raw: &str) -> usize {
+        if raw.trim().eq_ignore_ascii_case("auto") {
+            // Unreadable or unlimited: the common default soft limit.
+            return net::sessions_within(net::open_files_limit().unwrap_or(1024));
+        }
+        self.count(flag, raw, usize::MAX)
+    }
+
+    /// A byte size within `range`.
+    pub(super) fn size_in(
+        &mut self,
+        flag: &'static str,
+        raw: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> u64 {
+        let size = self.size(flag, raw);
+        if self.parsed(flag) && !range.contains(&size) {
+            let problem = format!(
+                "{flag} {}: use between {} and {}",
+                format_bytes(size),
+                format_bytes(*range.start()),
+                format_bytes(*range.end())
+            );
+            return self.fail(flag, problem, *range.start());
+        }
+        size
+    }
+
+    /// A comma-separated list of address blocks (`10.0.0.0/8,::1`); empty for none.
+    pub(super) fn cidrs(&mut self, flag: &'static str, raw: &str) -> Vec<Cidr> {
+        let mut blocks = Vec::new();
+        for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item.parse::<Cidr>() {
+                Ok(block) => blocks.push(block),
+                Err(why) => {
+                    return self.fail(
+                        flag,
+                        format!("{flag}: {why}; e.g. 10.0.0.0/8,::1"),
+                        Vec::new(),
+                    );
+                }
+            }
+        }
+        blocks
+    }
+
+    /// `*` (any origin, `None`) or a comma-separated list of exact origins, lowercased:
+    /// `scheme://host[:port]` with no path, as browsers send them.
+    pub(super) fn origins(&mut self, flag: &'static str, raw: &str) -> Option<Vec<String>> {
+        let items: Vec<&str> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if items.contains(&"*") {
+            return None;
+        }
+        if items.is_empty() {
+            let problem = format!("{flag} is empty: list origins, or * for any");
+            return self.fail(flag, problem, None);
+        }
+        let mut origins = Vec::new();
+        for item in items {
+            let Some((scheme, host)) = item.split_once("://") else {
+                return self.fail(flag, origin_problem(flag, item), None);
+            };
+            let bad_scheme = !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https");
+            if bad_scheme || host.is_empty() || host.contains(['/', '?', '#', '@']) {
+                return self.fail(flag, origin_problem(flag, item), None);
+            }
+            origins.push(item.to_ascii_lowercase());
+        }
+        Some(origins)
     }
 
     /// A socket address, IP and port.

@@ -329,7 +329,7 @@ fn log_summary_shows_effective_values() {
 /// deployments set them, so a rename is a breaking change, not a refactoring.
 #[test]
 fn flag_names_variables_and_defaults_are_stable() {
-    let expected: [(&str, Option<&str>); 18] = [
+    let expected: [(&str, Option<&str>); 25] = [
         ("listen", Some(DEFAULT_LISTEN)),
         ("admin-listen", Some(DEFAULT_ADMIN_LISTEN)),
         ("upstream", None),
@@ -348,6 +348,13 @@ fn flag_names_variables_and_defaults_are_stable() {
         ("log-level", Some("info")),
         ("demo", None),
         ("demo-listen", Some(DEFAULT_DEMO_LISTEN)),
+        ("listen-backlog", Some("1024")),
+        ("admin-header-timeout", Some("5s")),
+        ("admin-max-connections", Some("16")),
+        ("max-connections", Some("auto")),
+        ("max-request-header-size", Some("16KiB")),
+        ("trusted-proxies", Some("")),
+        ("allowed-origins", Some("*")),
     ];
     let cmd = Cli::command();
     let found: Vec<(String, Option<String>, Option<String>)> = cmd
@@ -450,4 +457,98 @@ fn heartbeat_periods_below_10ms_are_refused() {
     let config = config(&format!("{UPSTREAM} {off} --upstream-pong-timeout 0")).unwrap();
     assert_eq!(config.relay.client, HeartbeatConfig::OFF);
     assert_eq!(config.relay.upstream, HeartbeatConfig::OFF);
+}
+
+/// Parses `args` (after the program name), keeping spaces inside values.
+fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+    let cli = Cli::try_parse_from(std::iter::once("wsbeat").chain(args.iter().copied()))
+        .expect("test arguments parse");
+    Config::try_from(cli)
+}
+
+/// The limits and request rules: defaults, explicit values, and every bad value reported.
+#[test]
+fn limits_and_request_rules_parse_and_refuse_bad_values() {
+    let config = parse(&["--upstream", "ws://127.0.0.1:9"]).unwrap();
+    assert_eq!(config.listen.backlog, DEFAULT_LISTEN_BACKLOG);
+    assert_eq!(
+        config.listen.admin_header_timeout,
+        DEFAULT_ADMIN_HEADER_TIMEOUT
+    );
+    assert_eq!(
+        config.listen.admin_max_connections,
+        DEFAULT_ADMIN_MAX_CONNECTIONS
+    );
+    assert_eq!(
+        config.clients.max_request_header_size as u64,
+        DEFAULT_MAX_REQUEST_HEADER_BYTES
+    );
+    assert!(config.clients.trusted_proxies.is_empty());
+    assert_eq!(config.clients.allowed_origins, None);
+    // auto: what the open-files limit holds, with descriptors kept aside.
+    let nofile = crate::net::open_files_limit().unwrap_or(1024);
+    assert_eq!(
+        config.clients.max_connections,
+        crate::net::sessions_within(nofile)
+    );
+
+    let config = parse(&[
+        "--upstream",
+        "ws://127.0.0.1:9",
+        "--max-connections",
+        "100",
+        "--trusted-proxies",
+        "10.0.0.0/8, ::1",
+        "--allowed-origins",
+        "https://App.example,http://localhost:3000",
+        "--listen-backlog",
+        "4096",
+    ])
+    .unwrap();
+    assert_eq!(config.clients.max_connections, 100);
+    assert_eq!(config.clients.trusted_proxies.len(), 2);
+    assert_eq!(
+        config.clients.allowed_origins.as_deref(),
+        Some(
+            &[
+                "https://app.example".to_string(),
+                "http://localhost:3000".to_string()
+            ][..]
+        )
+    );
+    assert_eq!(config.listen.backlog, 4096);
+
+    let err = parse(&[
+        "--upstream",
+        "ws://127.0.0.1:9",
+        "--max-connections",
+        "0",
+        "--max-request-header-size",
+        "1KiB",
+        "--trusted-proxies",
+        "10.0.0.0/33",
+        "--allowed-origins",
+        "https://app.example/path",
+        "--admin-header-timeout",
+        "0",
+        "--admin-max-connections",
+        "lots",
+        "--listen-backlog",
+        "many",
+    ])
+    .unwrap_err();
+    for flag in [
+        "--max-connections",
+        "--max-request-header-size",
+        "--trusted-proxies",
+        "--allowed-origins",
+        "--admin-header-timeout",
+        "--admin-max-connections",
+        "--listen-backlog",
+    ] {
+        assert!(
+            err.problems.iter().any(|p| p.contains(flag)),
+            "{flag} not reported: {err}"
+        );
+    }
 }

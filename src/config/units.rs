@@ -11,7 +11,7 @@ use std::time::Duration;
 /// slips such as `20000m` meant as milliseconds.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
-const KIB: u64 = 1 << 10;
+pub(super) const KIB: u64 = 1 << 10;
 pub(super) const MIB: u64 = 1 << 20;
 pub(super) const GIB: u64 = 1 << 30;
 

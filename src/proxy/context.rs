@@ -27,24 +27,41 @@ impl Scheme {
     }
 }
 
+/// Whether a connection got a slot under `--max-connections`.
+#[derive(Debug)]
+pub enum Admission {
+    /// No limit applies (tests that build a context by hand).
+    Unlimited,
+    /// Holds one slot; dropping it gives the slot back.
+    Admitted(OwnedSemaphorePermit),
+    /// Every slot was taken: each request on this connection is answered 503. Holds one of the
+    /// slots for connections being refused.
+    OverLimit(OwnedSemaphorePermit),
+}
+
 /// One client connection, as the accept path saw it.
 #[derive(Debug)]
 pub struct ConnContext {
     peer: SocketAddr,
     scheme: Scheme,
-    /// Held, never read: dropping the context returns the slot to the connection limit.
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Held for as long as the connection or its session lives.
+    admission: Admission,
 }
 
 impl ConnContext {
-    /// A connection from `peer` over `scheme`, holding `permit` (if a limit applies) for as
-    /// long as the connection or its session lives.
-    pub fn new(peer: SocketAddr, scheme: Scheme, permit: Option<OwnedSemaphorePermit>) -> Self {
+    /// A connection from `peer` over `scheme`, holding `admission` for as long as the
+    /// connection or its session lives.
+    pub fn new(peer: SocketAddr, scheme: Scheme, admission: Admission) -> Self {
         ConnContext {
             peer,
             scheme,
-            _permit: permit,
+            admission,
         }
+    }
+
+    /// True when the connection arrived with every slot taken.
+    pub fn is_over_limit(&self) -> bool {
+        matches!(self.admission, Admission::OverLimit(_))
     }
 
     /// The client's address as wsbeat's socket saw it.

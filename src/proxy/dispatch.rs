@@ -1,17 +1,19 @@
-//! The entry point hyper calls for each request on a client connection: an upgrade goes to
-//! [`super::upgrade`], anything else to [`super::forward`]; a failure becomes its one response,
-//! one log line and one metric.
+//! The entry point hyper calls for each request on a client connection. Rules that hold for
+//! every request come first (the connection limit, no `CONNECT`, no dot segments in the path);
+//! then an upgrade goes to [`super::upgrade`], anything else to [`super::forward`]. A failure
+//! becomes its one response, one log line and one metric.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::Proxy;
 use super::context::ConnContext;
-use super::validate::is_websocket_upgrade;
+use super::error::ProxyError;
+use super::validate::{check_path, is_websocket_upgrade};
 use crate::body::ProxyBody;
 
 impl Proxy {
@@ -26,19 +28,42 @@ impl Proxy {
         ctx: Arc<ConnContext>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
-        let path = req.uri().path().to_owned();
-        let result = if is_websocket_upgrade(req.headers()) {
-            self.upgrade(req, &ctx, started).await
-        } else {
-            self.forward_http(req, &ctx).await
+        let upgrade = is_websocket_upgrade(req.headers());
+        let result = match admit(&req, &ctx) {
+            Err(e) => Err(e),
+            Ok(()) if upgrade => self.upgrade(req, &ctx, started).await,
+            Ok(()) => self.forward_http(req, &ctx).await,
         };
-        Ok(result.unwrap_or_else(|e| {
-            let status = e.status().as_u16();
-            tracing::warn!(client = %ctx.peer(), path, status, error = %e, "request failed");
-            if let Some(kind) = e.connect_error() {
-                self.metrics.connect_error(kind);
-            }
-            e.response()
-        }))
+        Ok(result.unwrap_or_else(|e| self.on_error(&e, upgrade, &ctx)))
     }
+
+    /// One log line, the metrics and the response for a failed request.
+    fn on_error(&self, e: &ProxyError, upgrade: bool, ctx: &ConnContext) -> Response<ProxyBody> {
+        let status = e.status().as_u16();
+        let client = ctx.peer();
+        if matches!(e, ProxyError::OverLimit) {
+            // Refusals come in floods exactly when the proxy is busiest: keep them off `warn`.
+            tracing::debug!(%client, status, error = %e, "request refused");
+        } else {
+            tracing::warn!(%client, status, error = %e, "request failed");
+        }
+        if upgrade || matches!(e, ProxyError::OverLimit) {
+            self.metrics.connection(e.connection_result());
+        }
+        if let Some(kind) = e.connect_error() {
+            self.metrics.connect_error(kind);
+        }
+        e.response()
+    }
+}
+
+/// Rules every request must pass before anything is dialled.
+fn admit<B>(req: &Request<B>, ctx: &ConnContext) -> Result<(), ProxyError> {
+    if ctx.is_over_limit() {
+        return Err(ProxyError::OverLimit);
+    }
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    check_path(req.uri().path())
 }

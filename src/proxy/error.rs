@@ -24,9 +24,25 @@ pub enum ProxyError {
     /// The client asked for a WebSocket version other than 13.
     #[error("unsupported Sec-WebSocket-Version (only 13 is supported)")]
     UnsupportedVersion,
+    /// The request path has dot segments (`/../`, `/%2e%2e/`): the upstream's base path is a
+    /// boundary the client may not climb out of.
+    #[error("request path has dot segments")]
+    DotSegments,
+    /// `CONNECT`: wsbeat is a reverse proxy, not a tunnel.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The upgrade's `Origin` is not in `--allowed-origins`.
+    #[error("origin not allowed")]
+    ForbiddenOrigin,
+    /// `--max-connections` sessions and requests are already open.
+    #[error("too many connections")]
+    OverLimit,
+    /// wsbeat ran out of descriptors or socket memory while dialling the upstream.
+    #[error("out of local resources: {0}")]
+    LocalExhaustion(DialError),
     /// Connecting to the upstream failed.
     #[error("upstream unreachable: {0}")]
-    Unreachable(#[from] DialError),
+    Unreachable(DialError),
     /// The upstream's HTTP exchange failed.
     #[error("upstream HTTP error: {0}")]
     UpstreamHttp(#[from] hyper::Error),
@@ -38,11 +54,33 @@ pub enum ProxyError {
     Timeout,
 }
 
+/// Seconds a client refused for want of capacity is asked to wait (`Retry-After`).
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// Methods wsbeat forwards, for the `Allow` header of a 405.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+impl From<DialError> for ProxyError {
+    /// Filed by whose fault it is: wsbeat's own exhaustion, or an unreachable upstream.
+    fn from(e: DialError) -> Self {
+        if e.is_local_exhaustion() {
+            ProxyError::LocalExhaustion(e)
+        } else {
+            ProxyError::Unreachable(e)
+        }
+    }
+}
+
 impl ProxyError {
     /// The HTTP status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::DotSegments => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ForbiddenOrigin => StatusCode::FORBIDDEN,
+            ProxyError::OverLimit | ProxyError::LocalExhaustion(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             ProxyError::Unreachable(_) | ProxyError::UpstreamHttp(_) | ProxyError::BadAccept => {
                 StatusCode::BAD_GATEWAY
@@ -54,9 +92,13 @@ impl ProxyError {
     /// The `connections_total` result of a failed upgrade.
     pub fn connection_result(&self) -> ConnectionResult {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::UnsupportedVersion => {
-                ConnectionResult::BadRequest
-            }
+            ProxyError::BadRequest(_)
+            | ProxyError::UnsupportedVersion
+            | ProxyError::DotSegments
+            | ProxyError::MethodNotAllowed => ConnectionResult::BadRequest,
+            ProxyError::ForbiddenOrigin => ConnectionResult::ForbiddenOrigin,
+            ProxyError::OverLimit => ConnectionResult::OverLimit,
+            ProxyError::LocalExhaustion(_) => ConnectionResult::LocalExhaustion,
             ProxyError::Unreachable(_) | ProxyError::UpstreamHttp(_) | ProxyError::BadAccept => {
                 ConnectionResult::UpstreamUnreachable
             }
@@ -67,8 +109,13 @@ impl ProxyError {
     /// The `upstream_connect_errors_total` reason, when the upstream is at fault.
     pub fn connect_error(&self) -> Option<ConnectError> {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::UnsupportedVersion => None,
-            ProxyError::Unreachable(e) => Some(e.kind()),
+            ProxyError::BadRequest(_)
+            | ProxyError::UnsupportedVersion
+            | ProxyError::DotSegments
+            | ProxyError::MethodNotAllowed
+            | ProxyError::ForbiddenOrigin
+            | ProxyError::OverLimit => None,
+            ProxyError::LocalExhaustion(e) | ProxyError::Unreachable(e) => Some(e.kind()),
             ProxyError::UpstreamHttp(_) | ProxyError::BadAccept => Some(ConnectError::Handshake),
             ProxyError::Timeout => Some(ConnectError::Timeout),
         }
@@ -78,9 +125,13 @@ impl ProxyError {
     /// upstream's name, address or port, which only the log carries.
     pub fn client_message(&self) -> Cow<'static, str> {
         match self {
-            ProxyError::BadRequest(_) | ProxyError::UnsupportedVersion => {
-                Cow::Owned(self.to_string())
-            }
+            ProxyError::BadRequest(_)
+            | ProxyError::UnsupportedVersion
+            | ProxyError::DotSegments
+            | ProxyError::MethodNotAllowed
+            | ProxyError::ForbiddenOrigin
+            | ProxyError::OverLimit => Cow::Owned(self.to_string()),
+            ProxyError::LocalExhaustion(_) => Cow::Borrowed("temporarily out of resources"),
             ProxyError::Unreachable(_) => Cow::Borrowed("upstream unreachable"),
             ProxyError::UpstreamHttp(_) => Cow::Borrowed("upstream HTTP error"),
             ProxyError::BadAccept | ProxyError::Timeout => Cow::Owned(self.to_string()),
@@ -91,11 +142,28 @@ impl ProxyError {
     pub fn response(&self) -> Response<ProxyBody> {
         let text = format!("wsbeat: {}\n", self.client_message());
         let mut resp = text_response(self.status(), text);
-        if matches!(self, ProxyError::UnsupportedVersion) {
-            resp.headers_mut().insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
+        let extra = match self {
+            ProxyError::UnsupportedVersion => Some((header::SEC_WEBSOCKET_VERSION, "13")),
+            ProxyError::MethodNotAllowed => Some((header::ALLOW, ALLOWED_METHODS)),
+            ProxyError::OverLimit | ProxyError::LocalExhaustion(_) => {
+                Some((header::RETRY_AFTER, RETRY_AFTER_SECONDS))
+            }
+            ProxyError::BadRequest(_)
+            | ProxyError::DotSegments
+            | ProxyError::ForbiddenOrigin
+            | ProxyError::Unreachable(_)
+            | ProxyError::UpstreamHttp(_)
+            | ProxyError::BadAccept
+            | ProxyError::Timeout => None,
+        };
+        if let Some((name, value)) = extra {
+            resp.headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        if matches!(self, ProxyError::OverLimit) {
+            // The refused connection must not linger in keep-alive, holding a descriptor.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -110,7 +178,7 @@ mod tests {
 
     fn refused(addr: &str) -> ProxyError {
         let addr: SocketAddr = addr.parse().unwrap();
-        ProxyError::Unreachable(DialError::Connect {
+        ProxyError::from(DialError::Connect {
             addr,
             source: io::Error::from(io::ErrorKind::ConnectionRefused),
         })
@@ -122,7 +190,7 @@ mod tests {
         let e = refused("10.9.8.7:6543");
         assert!(e.to_string().contains("10.9.8.7:6543"), "{e}");
         assert_eq!(e.client_message(), "upstream unreachable");
-        let dns = ProxyError::Unreachable(DialError::Resolve {
+        let dns = ProxyError::from(DialError::Resolve {
             host: "legacy.internal".into(),
             source: io::Error::from(io::ErrorKind::NotFound),
         });
@@ -153,6 +221,19 @@ mod tests {
                 504,
                 R::UpstreamTimeout,
                 Some(ConnectError::Timeout),
+            ),
+            (ProxyError::DotSegments, 400, R::BadRequest, None),
+            (ProxyError::MethodNotAllowed, 405, R::BadRequest, None),
+            (ProxyError::ForbiddenOrigin, 403, R::ForbiddenOrigin, None),
+            (ProxyError::OverLimit, 503, R::OverLimit, None),
+            (
+                ProxyError::from(DialError::Connect {
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                    source: io::Error::from_raw_os_error(libc::EMFILE),
+                }),
+                503,
+                R::LocalExhaustion,
+                Some(ConnectError::LocalExhaustion),
             ),
         ];
         for (e, status, result, reason) in table {

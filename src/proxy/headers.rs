@@ -6,6 +6,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use super::Proxy;
 use super::context::ConnContext;
 
+/// Headers in which a proxy tells the next hop about the original request; believed only
+/// from `--trusted-proxies`.
+const FORWARDING: [&str; 4] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
 /// Hop-by-hop headers of RFC 9110 7.6.1, plus the proxy-auth pair that only concerns one hop.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -32,6 +41,13 @@ impl Proxy {
     }
 
     /// End-to-end request headers plus `Host` and the `X-Forwarded-*` family.
+    ///
+    /// Forwarded headers are believed only from a peer in `--trusted-proxies` (a load
+    /// balancer in front): its `X-Forwarded-*` and `Forwarded` are kept, and the peer is
+    /// appended to `X-Forwarded-For`. From anyone else (the default), a client could claim any
+    /// scheme, host or address, so `Forwarded` is dropped and the `X-Forwarded-*` are written
+    /// afresh from what wsbeat saw: the pattern of nginx's `set_real_ip_from` and Envoy's
+    /// trusted hops.
     pub(super) fn forwarded_headers(&self, incoming: &HeaderMap, ctx: &ConnContext) -> HeaderMap {
         let mut headers = end_to_end(incoming);
         let client_host = incoming.get(header::HOST).cloned();
@@ -40,14 +56,19 @@ impl Proxy {
         {
             headers.insert(header::HOST, v);
         }
+        let trusted = self.trusts(ctx.peer().ip());
+        if !trusted {
+            for name in FORWARDING {
+                headers.remove(name);
+            }
+        }
         let xff = match incoming_joined(incoming, "x-forwarded-for") {
-            Some(prev) => format!("{prev}, {}", ctx.peer().ip()),
-            None => ctx.peer().ip().to_string(),
+            Some(prev) if trusted => format!("{prev}, {}", ctx.peer().ip()),
+            _ => ctx.peer().ip().to_string(),
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
             headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
-        // Behind a TLS-terminating load balancer these already say what the user saw: keep them.
         let proto = HeaderName::from_static("x-forwarded-proto");
         if !headers.contains_key(&proto) {
             headers.insert(proto, HeaderValue::from_static(ctx.scheme().as_str()));
@@ -83,7 +104,9 @@ pub(super) fn end_to_end(headers: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || named.iter().any(|t| t == n) {
+        // `Connection` may not turn `Host` into a hop-by-hop header: the upstream would get
+        // a request with no Host at all.
+        if HOP_BY_HOP.contains(&n) || (n != "host" && named.iter().any(|t| t == n)) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -110,7 +133,7 @@ mod tests {
     use super::*;
     use crate::config::{Cli, Config};
     use crate::metrics::Metrics;
-    use crate::proxy::Scheme;
+    use crate::proxy::{Admission, Scheme};
 
     fn proxy(args: &[&str]) -> Proxy {
         let argv = ["wsbeat", "--upstream", "ws://127.0.0.1:9/app"];
@@ -126,19 +149,28 @@ mod tests {
     }
 
     /// `X-Forwarded-Proto` says the scheme of the connection the request came on, unless a
-    /// load balancer in front already said it.
+    /// trusted load balancer in front already said it.
     #[test]
     fn x_forwarded_proto_follows_the_connection_scheme() {
         let p = proxy(&[]);
         let peer = "192.0.2.7:5000".parse().unwrap();
         let mut incoming = HeaderMap::new();
         for (scheme, want) in [(Scheme::Http, "http"), (Scheme::Https, "https")] {
-            let out = p.forwarded_headers(&incoming, &ConnContext::new(peer, scheme, None));
+            let out = p.forwarded_headers(
+                &incoming,
+                &ConnContext::new(peer, scheme, Admission::Unlimited),
+            );
             assert_eq!(out["x-forwarded-proto"], want);
             assert_eq!(out["x-forwarded-for"], "192.0.2.7");
         }
         incoming.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let out = p.forwarded_headers(&incoming, &ConnContext::new(peer, Scheme::Http, None));
+        let ctx = ConnContext::new(peer, Scheme::Http, Admission::Unlimited);
+        assert_eq!(
+            p.forwarded_headers(&incoming, &ctx)["x-forwarded-proto"],
+            "http"
+        );
+        let behind_lb = proxy(&["--trusted-proxies", "192.0.2.0/24"]);
+        let out = behind_lb.forwarded_headers(&incoming, &ctx);
         assert_eq!(out["x-forwarded-proto"], "https");
     }
 
@@ -161,6 +193,17 @@ mod tests {
         for gone in ["connection", "x-secret", "upgrade", "keep-alive"] {
             assert!(!out.contains_key(gone), "{gone} forwarded");
         }
+    }
+
+    #[test]
+    fn host_is_never_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, Host"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("public.example"));
+        assert_eq!(end_to_end(&h)[header::HOST], "public.example");
     }
 
     #[test]

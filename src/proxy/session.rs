@@ -93,7 +93,7 @@ mod tests {
     use super::*;
     use crate::config::{Cli, Config};
     use crate::metrics::Metrics;
-    use crate::proxy::Scheme;
+    use crate::proxy::{Admission, Scheme};
 
     fn scrape(m: &Metrics) -> String {
         let mut out = Vec::new();
@@ -116,7 +116,11 @@ mod tests {
             Arc::default(),
             crate::shutdown::channel().1,
         ));
-        let ctx = ConnContext::new("127.0.0.1:1".parse().unwrap(), Scheme::Http, None);
+        let ctx = ConnContext::new(
+            "127.0.0.1:1".parse().unwrap(),
+            Scheme::Http,
+            Admission::Unlimited,
+        );
         // Requests hyper never served carry no upgrade: awaiting them fails at once.
         let client = hyper::upgrade::on(Request::new(()));
         let upstream = hyper::upgrade::on(Request::new(()));

@@ -14,37 +14,26 @@ use super::context::ConnContext;
 use super::error::ProxyError;
 use super::forward::relay_response;
 use super::headers::end_to_end;
-use super::validate::{accepts_key, validate_upgrade};
+use super::validate::{accepts_key, check_origin, validate_upgrade};
 use crate::body::{self, ProxyBody};
 use crate::outcome::ConnectionResult;
 
 impl Proxy {
-    /// Handles a WebSocket upgrade and counts its result when it fails.
+    /// Handles a WebSocket upgrade. Its result is counted here when it succeeds or the upstream
+    /// refuses, and by the dispatcher when it fails.
     pub(super) async fn upgrade(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        ctx: &Arc<ConnContext>,
-        started: Instant,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let result = self.try_upgrade(req, ctx, started).await;
-        if let Err(e) = &result {
-            self.metrics.connection(e.connection_result());
-        }
-        result
-    }
-
-    async fn try_upgrade(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
         ctx: &Arc<ConnContext>,
         started: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let client_key = validate_upgrade(&req)?;
+        check_origin(req.headers(), self.allowed_origins())?;
         let client_upgrade = hyper::upgrade::on(&mut req);
         let key = generate_key();
         let upstream_req = self.upstream_upgrade_request(&req, ctx, &key);
         let mut resp = self.exchange(upstream_req).await?;
-        let path = req.uri().path().to_owned();
+        let path = kept_path(req.uri().path());
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             self.metrics
                 .connection(ConnectionResult::RejectedByUpstream);
@@ -101,6 +90,23 @@ impl Proxy {
     }
 }
 
+/// Bytes of the request path a session keeps for its whole life (its log lines and its
+/// `/connections` entry). A path may be as long as `--max-request-header-size` allows, and a
+/// session may live for days; the upstream got the whole path already.
+const KEPT_PATH_BYTES: usize = 256;
+
+/// The first [`KEPT_PATH_BYTES`] of `path`, marked with `…` when cut.
+fn kept_path(path: &str) -> String {
+    if path.len() <= KEPT_PATH_BYTES {
+        return path.to_owned();
+    }
+    let mut end = KEPT_PATH_BYTES;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
+}
+
 /// The 101 for the client: the upstream's end-to-end headers (subprotocol, extensions,
 /// Set-Cookie …) and an accept value computed for the client's key.
 fn switching_protocols(upstream: &HeaderMap, client_key: &HeaderValue) -> Response<ProxyBody> {
@@ -121,6 +127,19 @@ fn switching_protocols(upstream: &HeaderMap, client_key: &HeaderValue) -> Respon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_path_is_kept_as_a_bounded_prefix() {
+        let long = format!("/{}", "a".repeat(60_000));
+        let kept = kept_path(&long);
+        assert!(
+            kept.len() <= KEPT_PATH_BYTES + '…'.len_utf8(),
+            "{}",
+            kept.len()
+        );
+        assert!(long.starts_with(kept.trim_end_matches('…')));
+        assert_eq!(kept_path("/short"), "/short");
+    }
 
     #[test]
     fn the_101_carries_upstream_choices_and_our_accept() {
