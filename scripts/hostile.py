@@ -6,7 +6,8 @@ Usage: scripts/hostile.py PATH/TO/wsbeat [SILENT_SECONDS]
 Starts the binary on loopback ports in front of its own --demo upstream and prints one line per
 figure: the status a 64 KiB request head gets, how many of 50 silent admin connections are
 still open after SILENT_SECONDS (default 7) and how many descriptors wsbeat holds for them, the
-status of CONNECT and of a /../ path, and the client listener's backlog (ss).
+status of CONNECT and of a /../ path, the client listener's backlog (ss), and what clients get
+when wsbeat runs out of descriptors under small open-files limits.
 Only loopback is used; every wait is bounded.
 """
 import json
@@ -17,11 +18,15 @@ import sys
 import time
 
 
-def start(binary):
-    proc = subprocess.Popen(
-        [binary, "--demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-         "--log-format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def start(binary, nofile=None):
+    argv = [binary, "--demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+            "--log-format", "json", "--worker-threads", "1"]
+    if nofile is not None:
+        argv = ["sh", "-c", 'ulimit -n "$1"; shift; exec "$@"', "sh", str(nofile)] + argv
+    # Read by versions that have the flag, ignored by older ones: no limit to protect wsbeat.
+    env = dict(os.environ, WSBEAT_MAX_CONNECTIONS="100000")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env)
     deadline = time.time() + 10
     while time.time() < deadline:
         line = proc.stdout.readline()
@@ -80,6 +85,33 @@ def silent_still_open(addr, n, seconds, pid):
     return still
 
 
+def exhaust(binary):
+    """Under small open-files limits, opens sessions until one is refused; returns the status
+    lines of the refusals (wsbeat's own descriptors run out, not the upstream's)."""
+    refusals = []
+    for nofile in range(24, 32):
+        proc, addr, _ = start(binary, nofile)
+        held = []
+        try:
+            for _ in range(64):
+                try:
+                    s = socket.create_connection(addr, timeout=0.5)
+                    held.append(s)
+                    s.sendall(upgrade(b"/"))
+                    line = s.recv(4096).split(b"\r\n", 1)[0].decode()
+                except OSError:
+                    break
+                if not line.startswith("HTTP/1.1 101"):
+                    refusals.append(line)
+                    break
+        finally:
+            for s in held:
+                s.close()
+            proc.kill()
+            proc.wait()
+    return refusals
+
+
 def main():
     binary = sys.argv[1]
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 7
@@ -97,6 +129,8 @@ def main():
     finally:
         proc.kill()
         proc.wait()
+    print("out of descriptors (--demo upstream in the same process, open-files limit 24-31):",
+          exhaust(binary))
 
 
 if __name__ == "__main__":
