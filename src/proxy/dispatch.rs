@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::Proxy;
 use super::context::ConnContext;
 use super::error::ProxyError;
+use super::upgrade::kept_path;
 use super::validate::{check_path, is_websocket_upgrade};
 use crate::body::ProxyBody;
 
@@ -29,23 +30,30 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let upgrade = is_websocket_upgrade(req.headers());
+        let path = kept_path(req.uri().path());
         let result = match admit(&req, &ctx) {
             Err(e) => Err(e),
             Ok(()) if upgrade => self.upgrade(req, &ctx, started).await,
             Ok(()) => self.forward_http(req, &ctx).await,
         };
-        Ok(result.unwrap_or_else(|e| self.on_error(&e, upgrade, &ctx)))
+        Ok(result.unwrap_or_else(|e| self.on_error(&e, upgrade, &ctx, &path)))
     }
 
     /// One log line, the metrics and the response for a failed request.
-    fn on_error(&self, e: &ProxyError, upgrade: bool, ctx: &ConnContext) -> Response<ProxyBody> {
+    fn on_error(
+        &self,
+        e: &ProxyError,
+        upgrade: bool,
+        ctx: &ConnContext,
+        path: &str,
+    ) -> Response<ProxyBody> {
         let status = e.status().as_u16();
         let client = ctx.peer();
         if matches!(e, ProxyError::OverLimit) {
             // Refusals come in floods exactly when the proxy is busiest: keep them off `warn`.
-            tracing::debug!(%client, status, error = %e, "request refused");
+            tracing::debug!(%client, path, status, error = %e, "request refused");
         } else {
-            tracing::warn!(%client, status, error = %e, "request failed");
+            tracing::warn!(%client, path, status, error = %e, "request failed");
         }
         if upgrade || matches!(e, ProxyError::OverLimit) {
             self.metrics.connection(e.connection_result());

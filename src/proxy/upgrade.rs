@@ -91,12 +91,12 @@ impl Proxy {
 }
 
 /// Bytes of the request path a session keeps for its whole life (its log lines and its
-/// `/connections` entry). A path may be as long as `--max-request-header-size` allows, and a
+/// `/connections` entry), and that a failed request's log line shows. A path may be as long as `--max-request-header-size` allows, and a
 /// session may live for days; the upstream got the whole path already.
 const KEPT_PATH_BYTES: usize = 256;
 
 /// The first [`KEPT_PATH_BYTES`] of `path`, marked with `…` when cut.
-fn kept_path(path: &str) -> String {
+pub(super) fn kept_path(path: &str) -> String {
     if path.len() <= KEPT_PATH_BYTES {
         return path.to_owned();
     }
