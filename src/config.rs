@@ -31,7 +31,8 @@ use problems::Problems;
 use units::{GIB, KIB, MIB, format_bytes, format_duration};
 
 pub use cli::{
-    Cli, ClientArgs, DemoArgs, ListenArgs, LogFormat, ProcessArgs, RelayArgs, UpstreamArgs,
+    Cli, ClientArgs, Command, DemoArgs, DrainArgs, ListenArgs, LogFormat, ProcessArgs, RelayArgs,
+    ShutdownArgs, UpstreamArgs,
 };
 pub use units::MAX_DURATION;
 pub use upstream::Upstream;
@@ -68,6 +69,13 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing session waits for the close handshake. It takes one round trip; 5 s keeps
 /// a drain well inside Kubernetes' default 30 s termination grace period.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time between a drain request and closing the listener, with `/readyz` at 503 meanwhile.
+/// Kubernetes endpoint controllers and cloud load balancers take a few seconds to stop sending
+/// new connections to a Pod that turned unready; 5 s covers the usual propagation.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// Time close handshakes and HTTP requests get after the listener closed. Delay plus grace is
+/// Kubernetes' default 30 s termination grace period, so the deadline comes before SIGKILL.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// Largest frame accepted, 16 MiB: tungstenite's default, so clients that work against a
 /// tungstenite-based server directly keep working through wsbeat.
 pub const DEFAULT_MAX_FRAME_SIZE_BYTES: u64 = 16 * MIB;
@@ -120,6 +128,8 @@ pub struct Config {
     pub clients: ClientConfig,
     /// Settings of each upgraded session, handed to the relay as they are.
     pub relay: RelayConfig,
+    /// How a drain proceeds.
+    pub shutdown: ShutdownConfig,
     /// Threads and logging.
     pub process: ProcessConfig,
     /// Some(address for the demo upstream) when --demo.
@@ -181,6 +191,16 @@ pub struct RelayConfig {
     pub close_timeout: Duration,
     /// Largest data frame payload accepted from either side, in bytes.
     pub max_frame_size: u64,
+}
+
+/// How a drain proceeds, once asked for (SIGTERM, SIGINT, POST /drain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownConfig {
+    /// Time spent not ready but still accepting (`--drain-delay`); zero skips that phase.
+    pub drain_delay: Duration,
+    /// Time sessions and HTTP requests get to finish after the listener closed
+    /// (`--shutdown-grace`).
+    pub grace: Duration,
 }
 
 /// How the process runs and logs.
@@ -297,6 +317,15 @@ impl RelayConfig {
     }
 }
 
+impl ShutdownConfig {
+    fn parse(args: &ShutdownArgs, p: &mut Problems) -> ShutdownConfig {
+        ShutdownConfig {
+            drain_delay: p.duration("--drain-delay", &args.drain_delay),
+            grace: p.duration("--shutdown-grace", &args.shutdown_grace),
+        }
+    }
+}
+
 impl ProcessConfig {
     fn parse(args: &ProcessArgs, p: &mut Problems) -> ProcessConfig {
         ProcessConfig {
@@ -317,6 +346,7 @@ impl Config {
             upstream: UpstreamConfig::parse(&cli.upstream, cli.demo.demo, demo_listen, p),
             clients: ClientConfig::parse(&cli.clients, p),
             relay: RelayConfig::parse(&cli.relay, p),
+            shutdown: ShutdownConfig::parse(&cli.shutdown, p),
             process: ProcessConfig::parse(&cli.process, p),
             demo: cli.demo.demo.then_some(demo_listen),
         }
@@ -326,6 +356,7 @@ impl Config {
     fn check_relations(&self, p: &mut Problems) {
         self.check_pong_timeouts_have_pings(p);
         self.check_session_timeouts_positive(p);
+        self.check_shutdown_grace_positive(p);
         self.check_frame_size_in_range(p);
         self.check_addresses_differ(p);
     }
@@ -359,6 +390,13 @@ impl Config {
             if p.parsed(flag) && value.is_zero() {
                 p.push(format!("{flag} must be above 0 (e.g. 5s): without it a stuck peer holds a session forever"));
             }
+        }
+    }
+
+    /// Without a grace, sessions would be dropped before their 1001 could reach anyone.
+    fn check_shutdown_grace_positive(&self, p: &mut Problems) {
+        if p.parsed("--shutdown-grace") && self.shutdown.grace.is_zero() {
+            p.push("--shutdown-grace must be above 0 (e.g. 25s): without it sessions are dropped before their close 1001 is delivered".into());
         }
     }
 
@@ -454,6 +492,7 @@ impl Config {
              client_ping_interval={} client_pong_timeout={} \
              upstream_ping_interval={} upstream_pong_timeout={} upstream_tcp_user_timeout={} \
              connect_timeout={} handshake_timeout={} close_timeout={} max_frame_size={} \
+             drain_delay={} shutdown_grace={} \
              worker_threads={} log_format={} log_level={:?} demo={demo} \
              listen_backlog={} admin_header_timeout={} admin_max_connections={} \
              max_connections={} max_request_header_size={} trusted_proxies={} allowed_origins={}",
@@ -469,6 +508,8 @@ impl Config {
             format_duration(self.clients.handshake_timeout),
             format_duration(self.relay.close_timeout),
             format_bytes(self.relay.max_frame_size),
+            format_duration(self.shutdown.drain_delay),
+            format_duration(self.shutdown.grace),
             self.process.worker_threads,
             self.process.log_format.as_str(),
             self.process.log_level,

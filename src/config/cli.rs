@@ -7,7 +7,7 @@
 //! group of its own and a field in [`Cli`] and in `Config`.
 
 use clap::builder::BoolishValueParser;
-use clap::{Args, Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use super::{DEFAULT_ADMIN_LISTEN, DEFAULT_DEMO_LISTEN, DEFAULT_LISTEN};
 
@@ -32,12 +32,39 @@ pub struct Cli {
     /// Heartbeats, closes and frame limits of upgraded sessions.
     #[command(flatten)]
     pub relay: RelayArgs,
+    /// How a drain proceeds.
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
     /// Threads and logging.
     #[command(flatten)]
     pub process: ProcessArgs,
     /// The built-in echo upstream.
     #[command(flatten)]
     pub demo: DemoArgs,
+    /// Something else than serving, such as asking a running wsbeat to drain.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `wsbeat` does besides serving (the default, without a subcommand).
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Ask the wsbeat on this machine to drain (POST /drain on its admin listener), e.g. from a
+    /// Kubernetes preStop exec hook; exits 0 once the drain was accepted, or with --wait once
+    /// wsbeat has exited.
+    Drain(DrainArgs),
+}
+
+/// `wsbeat drain` flags.
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    /// Admin listener of the wsbeat to drain; a wildcard IP means this machine's loopback.
+    #[arg(long, env = "WSBEAT_ADMIN_LISTEN", value_name = "ADDR", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin: String,
+
+    /// Return only once that wsbeat has exited (its admin listener refuses connections).
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// Listener addresses.
@@ -218,6 +245,30 @@ pub struct RelayArgs {
         default_value = "16MiB"
     )]
     pub max_frame_size: String,
+}
+
+/// The drain after SIGTERM, SIGINT or POST /drain: not ready but accepting for the delay, then
+/// every session closed with 1001 and given the grace to finish.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Shutdown")]
+pub struct ShutdownArgs {
+    /// After a drain request, how long to keep accepting with /readyz at 503, so load balancers stop sending new clients before the port closes (0 = close at once).
+    #[arg(
+        long,
+        env = "WSBEAT_DRAIN_DELAY",
+        value_name = "DUR",
+        default_value = "5s"
+    )]
+    pub drain_delay: String,
+
+    /// After the delay, how long close handshakes and HTTP requests may take before the rest is dropped and wsbeat exits; a second signal ends it at once.
+    #[arg(
+        long,
+        env = "WSBEAT_SHUTDOWN_GRACE",
+        value_name = "DUR",
+        default_value = "25s"
+    )]
+    pub shutdown_grace: String,
 }
 
 /// How the process runs and logs.

@@ -72,6 +72,11 @@ fn defaults_match_the_documented_constants() {
     assert_eq!(config.relay.max_frame_size, DEFAULT_MAX_FRAME_SIZE_BYTES);
     assert_eq!(config.process.log_format, LogFormat::Text);
     assert_eq!(config.process.log_level, "info");
+    let shutdown = ShutdownConfig {
+        drain_delay: DEFAULT_DRAIN_DELAY,
+        grace: DEFAULT_SHUTDOWN_GRACE,
+    };
+    assert_eq!(config.shutdown, shutdown);
     assert_eq!(config.demo, None);
     assert!(config.warnings().is_empty(), "{:?}", config.warnings());
 }
@@ -329,7 +334,7 @@ fn log_summary_shows_effective_values() {
 /// deployments set them, so a rename is a breaking change, not a refactoring.
 #[test]
 fn flag_names_variables_and_defaults_are_stable() {
-    let expected: [(&str, Option<&str>); 25] = [
+    let expected: [(&str, Option<&str>); 27] = [
         ("listen", Some(DEFAULT_LISTEN)),
         ("admin-listen", Some(DEFAULT_ADMIN_LISTEN)),
         ("upstream", None),
@@ -343,6 +348,8 @@ fn flag_names_variables_and_defaults_are_stable() {
         ("upstream-pong-timeout", Some("0")),
         ("close-timeout", Some("5s")),
         ("max-frame-size", Some("16MiB")),
+        ("drain-delay", Some("5s")),
+        ("shutdown-grace", Some("25s")),
         ("worker-threads", Some("0")),
         ("log-format", Some("text")),
         ("log-level", Some("info")),
@@ -384,6 +391,7 @@ fn help_is_grouped_by_role() {
         ("Upstream:", "--upstream-tcp-user-timeout"),
         ("Clients:", "--handshake-timeout"),
         ("Sessions:", "--client-ping-interval"),
+        ("Shutdown:", "--shutdown-grace"),
         ("Process:", "--worker-threads"),
         ("Demo:", "--demo-listen"),
     ];
@@ -399,8 +407,13 @@ fn help_is_grouped_by_role() {
     }
     let names: Vec<&str> = headings.iter().map(|(h, _)| *h).collect();
     let want: Vec<&str> = sections.iter().map(|(h, _)| *h).collect();
-    assert_eq!(names, [&["Options:"][..], &want].concat(), "{help}");
-    for ((heading, flag), (_, body)) in sections.iter().zip(&headings[1..]) {
+    assert_eq!(
+        names,
+        [&["Commands:", "Options:"][..], &want].concat(),
+        "{help}"
+    );
+    assert!(headings[0].1.contains("drain"), "{help}");
+    for ((heading, flag), (_, body)) in sections.iter().zip(&headings[2..]) {
         assert!(body.contains(flag), "{flag} not under {heading}:\n{help}");
     }
 }
@@ -551,4 +564,55 @@ fn limits_and_request_rules_parse_and_refuse_bad_values() {
             "{flag} not reported: {err}"
         );
     }
+}
+
+/// The drain's two durations: 0 delay skips phase 1; a grace of 0 would drop every session
+/// before its 1001 is delivered, so it is refused.
+#[test]
+fn drain_delay_and_shutdown_grace() {
+    let config = config(&format!(
+        "{UPSTREAM} --drain-delay 0 --shutdown-grace 150ms"
+    ))
+    .unwrap();
+    assert_eq!(config.shutdown.drain_delay, Duration::ZERO);
+    assert_eq!(config.shutdown.grace, ms(150));
+    let found = problems(&format!("{UPSTREAM} --shutdown-grace 0 --drain-delay 5"));
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found[0].starts_with("--drain-delay \"5\": missing unit"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].starts_with("--shutdown-grace must be above 0"),
+        "{found:?}"
+    );
+    // Delay plus grace fit Kubernetes' default 30 s termination grace period.
+    assert!(DEFAULT_DRAIN_DELAY + DEFAULT_SHUTDOWN_GRACE <= Duration::from_secs(30));
+}
+
+/// `wsbeat drain` takes the admin address from the same variable as the server, so a
+/// `preStop` hook in the same container needs no flag.
+#[test]
+fn drain_subcommand_parses() {
+    let drain = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+        Some(Command::Drain(args)) => args,
+        None => panic!("no subcommand in {args:?}"),
+    };
+    let plain = drain(&["wsbeat", "drain"]);
+    assert_eq!(
+        (plain.admin.as_str(), plain.wait),
+        (DEFAULT_ADMIN_LISTEN, false)
+    );
+    let waiting = drain(&["wsbeat", "drain", "--admin", "127.0.0.1:9", "--wait"]);
+    assert_eq!(
+        (waiting.admin.as_str(), waiting.wait),
+        ("127.0.0.1:9", true)
+    );
+    let cmd = Cli::command();
+    let sub = cmd.find_subcommand("drain").expect("drain subcommand");
+    let admin = sub.get_arguments().find(|a| a.get_id() == "admin").unwrap();
+    assert_eq!(
+        admin.get_env().and_then(|e| e.to_str()),
+        Some("WSBEAT_ADMIN_LISTEN")
+    );
 }
