@@ -3,9 +3,10 @@
 #
 # Installs what the tests need when it is missing, then runs the whole suite with nothing
 # allowed to skip:
-#   - Debian packages: thin + ruby-faye-websocket (the legacy-server end-to-end test, tests/faye)
-#     and prometheus (promtool, for checking the metrics exposition), iproute2 (ss, to read a
-#     listener's backlog);
+#   - Debian packages: thin + ruby-faye-websocket (the legacy-server end-to-end test, tests/faye),
+#     prometheus (promtool, for checking the metrics exposition) and iproute2 (ss, to read a
+#     listener's backlog; `ip netns`, for the POST /drain test from a non-loopback peer, which
+#     also needs root);
 #   - a Python venv at .venv-test with `websockets` (the permessage-deflate test, tests/deflate).
 # Idempotent: when everything is present it installs nothing and goes straight to cargo.
 # Extra arguments go to `cargo test` (e.g. ./scripts/test.sh --test heartbeat).
@@ -31,6 +32,7 @@ command -v thin >/dev/null 2>&1 || missing+=(thin)
 ruby -e "require 'faye/websocket'" >/dev/null 2>&1 || missing+=(ruby-faye-websocket)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi

@@ -1,11 +1,18 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/connections`, on its own port.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/connections` and `POST /drain`, on
+//! its own port; and [`client`], the other end of `POST /drain` (`wsbeat drain`).
 //!
 //! Kept off the client port so a load balancer or the internet never reaches it, and so scrapes
 //! keep working while the client listener is saturated or draining. Bounded so that it can never
 //! starve the data plane: one request per connection, `--admin-header-timeout` to send it, and
-//! at most `--admin-max-connections` connections at once.
+//! at most `--admin-max-connections` connections at once. `POST /drain` only asks for a drain;
+//! the server runs it. It is accepted from loopback peers only (403 otherwise): the admin port
+//! often listens on every interface for Prometheus, and no other Pod may drain this one
+//! (linkerd2-proxy's `/shutdown` has the same rule).
+
+pub mod client;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{ProxyBody, text_response};
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
+use crate::shutdown::DrainRequests;
 
 /// State the admin endpoints report.
 pub struct AdminState {
@@ -29,6 +37,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Live sessions for `/connections`.
     pub sessions: Arc<Sessions>,
+    /// Where `POST /drain` sends its request.
+    pub drain: DrainRequests,
 }
 
 impl AdminState {
@@ -37,9 +47,13 @@ impl AdminState {
         self.metrics.ready.get() > 0.0
     }
 
-    /// A ready state over `metrics`.
-    pub fn new(metrics: Arc<Metrics>, sessions: Arc<Sessions>) -> Self {
-        AdminState { metrics, sessions }
+    /// A ready state over `metrics`, listing `sessions`, sending drain requests to `drain`.
+    pub fn new(metrics: Arc<Metrics>, sessions: Arc<Sessions>, drain: DrainRequests) -> Self {
+        AdminState {
+            metrics,
+            sessions,
+            drain,
+        }
     }
 
     /// Switches readiness: the `wsbeat_ready` gauge is the one record of it, so `/readyz` and
@@ -77,7 +91,7 @@ pub async fn serve(
                 Err(_) => return,
             },
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -88,7 +102,7 @@ pub async fn serve(
                 }
             },
         };
-        tokio::spawn(serve_one(stream, Arc::clone(&state), limits, permit));
+        tokio::spawn(serve_one(stream, peer, Arc::clone(&state), limits, permit));
     }
 }
 
@@ -98,13 +112,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// One admin connection, holding its slot until it ends.
 async fn serve_one(
     stream: TcpStream,
+    peer: SocketAddr,
     state: Arc<AdminState>,
     limits: AdminLimits,
     _slot: OwnedSemaphorePermit,
 ) {
     let svc = service_fn(move |req| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(route(&state, &req)) }
+        async move { Ok::<_, Infallible>(route(&state, &req, peer)) }
     });
     let served = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -117,7 +132,10 @@ async fn serve_one(
     }
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<ProxyBody> {
+fn route(state: &AdminState, req: &Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    if req.uri().path() == "/drain" {
+        return drain(state, req.method(), peer);
+    }
     if req.method() != Method::GET {
         return text_response(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
@@ -129,6 +147,29 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<ProxyBody> {
         "/connections" => connections(state, req.uri().query()),
         _ => text_response(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+/// `POST /drain`: asks for a drain, from a loopback peer only. 202 when asked (also when a
+/// drain is already running: the second request then skips to its end, as a second signal
+/// does), 403 from anywhere else, 405 for other methods.
+fn drain(state: &AdminState, method: &Method, peer: SocketAddr) -> Response<ProxyBody> {
+    if method != Method::POST {
+        let mut resp = text_response(StatusCode::METHOD_NOT_ALLOWED, "POST only\n".into());
+        resp.headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
+        return resp;
+    }
+    // An IPv4 peer of a dual-stack listener shows as ::ffff:127.0.0.1.
+    if !peer.ip().to_canonical().is_loopback() {
+        tracing::warn!(%peer, "POST /drain refused: only loopback peers may drain");
+        return text_response(
+            StatusCode::FORBIDDEN,
+            "POST /drain is accepted from loopback only\n".into(),
+        );
+    }
+    tracing::info!(%peer, "drain requested over POST /drain");
+    state.drain.request();
+    text_response(StatusCode::ACCEPTED, "draining\n".into())
 }
 
 /// Sessions listed by `/connections` when no `limit` is given.

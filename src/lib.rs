@@ -6,7 +6,8 @@
 //!
 //! - [`config`]: clap `Cli` → validated [`config::Config`], both in groups by role (the relay
 //!   takes [`config::RelayConfig`] whole); every error reported at once.
-//! - [`server`]: accept loop, per-connection spawn, shutdown wiring; `run(listener, …, shutdown)`.
+//! - [`server`]: accept loop, per-connection spawn, and the drain in three phases;
+//!   `run(listener, …, drain_requests)`.
 //! - [`proxy`]: the HTTP side, one module per job: dispatch, upgrade validation, the upgrade,
 //!   the session's lifecycle, the upstream connector, plain HTTP forwarding and header rules,
 //!   the per-connection context and [`proxy::ProxyError`].
@@ -20,10 +21,12 @@
 //! - [`outcome`]: the vocabulary of how things end (result, initiator, reason, connect error),
 //!   beside [`Side`] and below every layer that speaks it.
 //! - [`body`]: the HTTP body type and small text responses, for both listeners.
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/connections` on a separate listener.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/connections` and `POST /drain` (loopback
+//!   only) on a separate listener; `admin::client` is `wsbeat drain`.
 //! - [`sessions`]: the live-session table behind `/connections`.
-//! - [`shutdown`]: SIGTERM/SIGINT future, and the drain: its phases, one `DrainTrigger` for
-//!   the server, a `DrainWatcher` for every session and connection.
+//! - [`shutdown`]: SIGTERM/SIGINT handlers (installed before any port is bound), drain requests,
+//!   and the drain's phases: one `DrainTrigger` for the server, a `DrainWatcher` for every
+//!   session and connection.
 //! - [`workers`]: relay threads, one event loop each; the accept loop spreads connections.
 //! - [`demo`]: a tiny legacy-style echo upstream that never answers pings (`--demo`, tests).
 #![forbid(unsafe_code)]

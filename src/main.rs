@@ -1,8 +1,10 @@
-//! The `wsbeat` binary: parse the settings, start logging, bind the listeners and hand them to
-//! [`wsbeat::server::run`]. Everything else lives in the library, where tests can reach it.
+//! The `wsbeat` binary: parse the settings, start logging, install the signal handlers, bind the
+//! listeners and hand them to [`wsbeat::server::run`]; or, as `wsbeat drain`, ask a running
+//! wsbeat to drain. Everything else lives in the library, where tests can reach it.
 //!
-//! Exit codes: 0 after a clean shutdown (or `--help`/`--version`), 64 (`EX_USAGE`) for invalid
-//! settings, 1 for anything that fails at run time, such as an address already in use.
+//! Exit codes: 0 after a clean shutdown, also one forced at the drain deadline (or after
+//! `--help`/`--version`, or a drain accepted), 64 (`EX_USAGE`) for invalid settings, 1 for
+//! anything that fails at run time, such as an address already in use or a refused drain.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -15,7 +17,9 @@ use clap::error::ErrorKind;
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
-use wsbeat::config::{Cli, Config, LogFormat, Upstream};
+use wsbeat::admin::client::{dialable, request_drain, wait_for_exit};
+use wsbeat::config::{Cli, Command, Config, DrainArgs, LogFormat, Upstream};
+use wsbeat::shutdown::Signals;
 
 /// `EX_USAGE` from sysexits.h: the command was used incorrectly.
 const EX_USAGE: u8 = 64;
@@ -25,6 +29,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return clap_exit(&err),
     };
+    if let Some(Command::Drain(args)) = &cli.command {
+        return drain(args);
+    }
     let config = match Config::try_from(cli) {
         Ok(config) => config,
         Err(err) => {
@@ -88,8 +95,11 @@ fn run(config: Config) -> anyhow::Result<()> {
 /// of the demo upstream.
 const ADMIN_BACKLOG: u32 = 128;
 
-/// Binds every listener before serving, so a taken port fails at startup with its flag named.
+/// Installs the signal handlers, then binds every listener before serving, so a taken port
+/// fails at startup with its flag named. The handlers come first: once a port is open,
+/// Kubernetes may send SIGTERM at any moment, and without a handler it would kill the process.
 async fn serve(mut config: Config) -> anyhow::Result<()> {
+    let signals = Signals::install().context("installing the SIGTERM/SIGINT handlers")?;
     let listener = bind("--listen", config.listen.client, config.listen.backlog).await?;
     let admin = bind("--admin-listen", config.listen.admin, ADMIN_BACKLOG).await?;
     let listen_addr = listener
@@ -102,7 +112,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     if let Some(addr) = config.demo {
         config.upstream.url = start_demo(addr, listen_addr).await?;
     }
-    wsbeat::server::run(listener, admin, config, wsbeat::shutdown::signal())
+    wsbeat::server::run(listener, admin, config, signals.into_requests())
         .await
         .context("server failed")
 }
@@ -118,7 +128,7 @@ async fn start_demo(addr: SocketAddr, listen_addr: SocketAddr) -> anyhow::Result
         upstream = %demo_addr,
         "demo mode: proxying to an in-process echo upstream that never answers pings, \
          as legacy backends often do; try `websocat ws://{}/`",
-        reachable(listen_addr),
+        dialable(listen_addr),
     );
     Ok(Upstream::from_addr(demo_addr))
 }
@@ -128,15 +138,36 @@ async fn bind(flag: &str, addr: SocketAddr, backlog: u32) -> anyhow::Result<TcpL
         .with_context(|| format!("cannot listen on {flag} {addr}"))
 }
 
-/// A wildcard listen address is not something a client can dial; suggest loopback instead.
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
-            SocketAddr::from(([127, 0, 0, 1], v4.port()))
+/// `wsbeat drain`: `POST /drain` to the admin listener and, with `--wait`, wait until that
+/// wsbeat has exited. Messages go to stderr; the exit code says how it went.
+fn drain(args: &DrainArgs) -> ExitCode {
+    let Ok(admin) = args.admin.trim().parse::<SocketAddr>() else {
+        eprintln!(
+            "wsbeat drain: --admin {:?}: expected IP:PORT, e.g. 127.0.0.1:9090",
+            args.admin
+        );
+        return ExitCode::from(EX_USAGE);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("wsbeat drain: starting the tokio runtime: {err}");
+            return ExitCode::FAILURE;
         }
-        SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v6.port()))
+    };
+    runtime.block_on(async {
+        if let Err(err) = request_drain(admin).await {
+            eprintln!("wsbeat drain: {err}");
+            return ExitCode::FAILURE;
         }
-        other => other,
-    }
+        eprintln!("wsbeat drain: drain accepted by {}", dialable(admin));
+        if args.wait {
+            wait_for_exit(admin).await;
+            eprintln!("wsbeat drain: wsbeat at {} has exited", dialable(admin));
+        }
+        ExitCode::SUCCESS
+    })
 }

@@ -109,6 +109,8 @@ pub struct Metrics {
     http_requests: [IntCounter; 5],
     /// 1 while the proxy accepts connections, 0 once it drains (mirrors `/readyz`).
     pub ready: Gauge,
+    /// The drain phase: 0 serving, 1 not ready, 2 going away, 3 deadline.
+    pub drain_phase: IntGauge,
 }
 
 impl Metrics {
@@ -213,6 +215,11 @@ impl Metrics {
         let ready = Gauge::new("ready", "1 while accepting connections, 0 while draining.")?;
         r.register(Box::new(ready.clone()))?;
         ready.set(1.0);
+        let drain_phase = IntGauge::new(
+            "drain_phase",
+            "Drain phase: 0 serving, 1 not ready (still accepting), 2 going away (sessions closing with 1001), 3 deadline.",
+        )?;
+        r.register(Box::new(drain_phase.clone()))?;
         let process_registry = Registry::new();
         register_process_collector(&process_registry)?;
         Ok(Metrics {
@@ -231,6 +238,7 @@ impl Metrics {
             connect_errors,
             http_requests,
             ready,
+            drain_phase,
         })
     }
 

@@ -1,42 +1,48 @@
 //! The accept loop: per-connection tasks, the admin listener, and shutdown.
 //!
-//! `run` takes listeners the caller bound (tests bind port 0) and a shutdown future. A
+//! `run` takes listeners the caller bound (tests bind port 0) and a stream of drain requests. A
 //! connection's shape is `accept → socket options → HTTP/1.1 (hyper) → proxy::Proxy`, which
 //! spawns the upgraded session into a `TaskTracker` so shutdown can wait for it. Serving is
 //! generic over the client's stream: anything that converts into a [`Conn`] (plain TCP today, a
 //! TLS stream next) is served the same way and keeps the relay's unboxed fast path. Per-connection
 //! errors never reach this loop; accept errors (for example running out of file descriptors)
 //! back off instead of spinning.
+//!
+//! Shutdown is a drain in three phases, run here as the one holder of the [`DrainTrigger`]:
+//! not ready for `--drain-delay` (readiness off, still accepting); going away for
+//! `--shutdown-grace` (listener closed, every session closed with 1001, HTTP requests in flight
+//! finish); deadline (the rest is dropped). A second request skips to the deadline. Each phase
+//! is one log line with counts and a value of `wsbeat_drain_phase`.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminLimits, AdminState};
-use crate::config::Config;
+use crate::config::{Config, ShutdownConfig};
 use crate::metrics::Metrics;
 use crate::net::{self, Conn};
 use crate::proxy::{Admission, ConnContext, Proxy, Scheme};
 use crate::sessions::Sessions;
-use crate::shutdown::{self, DrainTrigger, Phase};
+use crate::shutdown::{self, DrainRequests, DrainTrigger, Phase};
 use crate::workers::Workers;
 
 /// First pause after a failed accept; doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// Longest pause between failed accepts.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Extra time, beyond `--close-timeout`, that shutdown waits for sessions to finish: their
-/// close handshakes have `--close-timeout`, and then a moment to shut their sockets down.
-const SHUTDOWN_SLACK: Duration = Duration::from_secs(1);
 
 /// Errors that stop the server.
 #[derive(Debug, Error)]
@@ -54,9 +60,9 @@ pub enum ServerError {
     },
 }
 
-/// Serves clients on `listener` and the admin endpoints on `admin` until `shutdown` completes,
-/// then drains: readiness off, the listener closed, every session closed with 1001, and a
-/// bounded wait for them before the rest is dropped.
+/// Serves clients on `listener` and the admin endpoints on `admin` until a drain is requested
+/// (an item of `shutdown`, such as a signal, or `POST /drain`), then drains in three phases
+/// and returns. A second request skips to the end.
 ///
 /// # Errors
 /// [`ServerError`] when start-up fails; per-connection failures are logged, not returned.
@@ -64,14 +70,20 @@ pub async fn run(
     listener: TcpListener,
     admin: TcpListener,
     config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Stream<Item = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new()?);
     let threads = config.process.worker_threads;
     let workers =
         Workers::start(threads).map_err(|source| ServerError::Workers { threads, source })?;
     let live = Arc::new(Sessions::default());
-    let state = Arc::new(AdminState::new(Arc::clone(&metrics), Arc::clone(&live)));
+    let (requester, requests) = DrainRequests::channel();
+    tokio::spawn(forward_requests(shutdown, requester.clone()));
+    let state = Arc::new(AdminState::new(
+        Arc::clone(&metrics),
+        Arc::clone(&live),
+        requester,
+    ));
     let admin_cancel = CancellationToken::new();
     let admin_limits = AdminLimits {
         header_timeout: config.listen.admin_header_timeout,
@@ -84,67 +96,139 @@ pub async fn run(
         admin_limits,
     ));
     let (trigger, watcher) = shutdown::channel();
-    let proxy = Arc::new(Proxy::new(config, metrics, live, watcher));
+    let settings = config.shutdown;
+    let proxy = Arc::new(Proxy::new(config, metrics, Arc::clone(&live), watcher));
     let connections = TaskTracker::new();
-    tokio::select! {
-        () = accept_loop(&listener, &proxy, &connections, &workers) => {}
-        () = shutdown => tracing::info!("shutting down: closing sessions with 1001"),
-    }
-    let drain = Drain {
+    let mut drain = Drain {
         trigger,
+        requests,
+        settings,
         state: &state,
         proxy: &proxy,
         connections: &connections,
+        live: &live,
+        closed_cleanly: 0,
     };
-    drain.enter(Phase::NotReady);
+    let skipped = {
+        let accept = std::pin::pin!(accept_loop(&listener, &proxy, &connections, &workers));
+        drain.serve_until_delay_ends(accept).await
+    };
     drop(listener);
-    drain.going_away().await;
-    drain.enter(Phase::Deadline);
+    if !skipped {
+        drain.going_away().await;
+    }
+    drain.deadline();
     workers.stop().await;
     admin_cancel.cancel();
     Ok(())
 }
 
-/// The drain sequence: the one holder of the [`DrainTrigger`], and what each phase does to the
-/// parts the server owns. Sessions and HTTP connections react to the phases by themselves,
-/// through their watchers.
+/// Turns each item of `shutdown` into a drain request, until either side is gone.
+async fn forward_requests(shutdown: impl Stream<Item = ()> + Send, requester: DrainRequests) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    while shutdown.next().await.is_some() {
+        if !requester.request() {
+            return;
+        }
+    }
+}
+
+/// The drain sequence: the one holder of the [`DrainTrigger`], the listener for further
+/// requests, and what each phase does to the parts the server owns. Sessions and HTTP
+/// connections react to the phases by themselves, through their watchers.
 struct Drain<'a> {
     trigger: DrainTrigger,
+    requests: mpsc::UnboundedReceiver<()>,
+    settings: ShutdownConfig,
     state: &'a AdminState,
     proxy: &'a Proxy,
     connections: &'a TaskTracker,
+    live: &'a Sessions,
+    /// Sessions that ended between the 1001 and the deadline.
+    closed_cleanly: usize,
 }
 
 impl Drain<'_> {
-    /// Moves to `phase` (once; later calls for it are no-ops) and applies it to the server's
-    /// own parts: readiness turns off as soon as the drain begins.
+    /// Runs `accept` until the first drain request, then for the drain delay with readiness
+    /// off (phase 1). The caller closes the listener next. Returns true when a second request
+    /// cut the delay short: skip to the deadline.
+    async fn serve_until_delay_ends(
+        &mut self,
+        mut accept: Pin<&mut impl Future<Output = ()>>,
+    ) -> bool {
+        tokio::select! {
+            () = accept.as_mut() => {}
+            Some(()) = self.requests.recv() => {}
+        }
+        self.enter(Phase::NotReady);
+        tracing::info!(
+            phase = Phase::NotReady.as_str(),
+            sessions_open = self.live.len(),
+            drain_delay_ms = self.settings.drain_delay.as_millis() as u64,
+            "drain phase 1: not ready, still accepting until the drain delay ends"
+        );
+        tokio::select! {
+            () = accept => false,
+            () = tokio::time::sleep(self.settings.drain_delay) => false,
+            Some(()) = self.requests.recv() => {
+                tracing::info!("second drain request: skipping to the deadline");
+                true
+            }
+        }
+    }
+
+    /// Phase 2: every session and connection is told to go away (the listener is closed
+    /// already), then gets up to the grace to finish. Returns early on a second request.
+    async fn going_away(&mut self) {
+        // Counted first: once the phase is entered, sessions on the relay threads start closing.
+        let sessions_open = self.live.len();
+        self.enter(Phase::GoingAway);
+        tracing::info!(
+            phase = Phase::GoingAway.as_str(),
+            sessions_open,
+            http_connections = self.connections.len(),
+            grace_ms = self.settings.grace.as_millis() as u64,
+            "drain phase 2: listener closed, closing every session with 1001"
+        );
+        self.connections.close();
+        self.proxy.tasks().close();
+        let all_done = async {
+            self.connections.wait().await;
+            self.proxy.tasks().wait().await;
+        };
+        tokio::select! {
+            () = all_done => {}
+            () = tokio::time::sleep(self.settings.grace) => {}
+            Some(()) = self.requests.recv() => {
+                tracing::info!("second drain request: skipping to the deadline");
+            }
+        }
+        self.closed_cleanly = sessions_open.saturating_sub(self.live.len());
+    }
+
+    /// Phase 3: whatever is still open is dropped (the caller stops the relay threads).
+    fn deadline(&mut self) {
+        self.enter(Phase::Deadline);
+        tracing::info!(
+            phase = Phase::Deadline.as_str(),
+            sessions_closed_cleanly = self.closed_cleanly,
+            sessions_dropped = self.live.len(),
+            http_connections_dropped = self.connections.len(),
+            "drain phase 3: done; dropping what is left and exiting"
+        );
+    }
+
+    /// Moves to `phase` (once) and applies it to the server's own parts: readiness turns off
+    /// as soon as the drain begins, and the phase gauge follows.
     fn enter(&self, phase: Phase) {
         if !self.trigger.advance(phase) {
             return;
         }
-        if phase >= Phase::NotReady {
-            self.state.set_ready(false);
-        }
-    }
-
-    /// Tells every session and connection to go away (the listener must be closed first), then
-    /// waits for them, at most `--close-timeout` plus [`SHUTDOWN_SLACK`].
-    async fn going_away(&self) {
-        self.enter(Phase::GoingAway);
-        self.connections.close();
-        self.proxy.tasks().close();
-        let deadline = self.proxy.config().relay.close_timeout + SHUTDOWN_SLACK;
-        let drained = tokio::time::timeout(deadline, async {
-            self.connections.wait().await;
-            self.proxy.tasks().wait().await;
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                ?deadline,
-                "sessions still open at the shutdown deadline; dropping them"
-            );
-        }
+        self.state.set_ready(false);
+        self.state
+            .metrics
+            .drain_phase
+            .set(i64::from(phase.number()));
     }
 }
 

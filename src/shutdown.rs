@@ -1,65 +1,84 @@
-//! Shutdown: the signal that asks wsbeat to stop, and the drain that carries it out, as a
-//! [`DrainTrigger`] for the one who decides and a [`DrainWatcher`] for every task that must
-//! react (the shape of istio/ztunnel's `drain.rs`; tokio-rs/mini-redis's `Shutdown` is the
-//! small version).
+//! Shutdown: the signals and requests that ask wsbeat to stop, and the drain that carries it
+//! out, as a [`DrainTrigger`] for the one who decides and a [`DrainWatcher`] for every task
+//! that must react (the shape of istio/ztunnel's `drain.rs`; tokio-rs/mini-redis's `Shutdown`
+//! is the small version).
 //!
 //! A drain moves forward through [`Phase`]s and never back: serving; not ready (readiness off,
 //! still accepting); going away (the listener closes, every session gets close 1001); deadline
-//! (whatever is left is dropped). This module owns the phases and how they are announced. It
-//! does not decide when to move on, or what each task does in each phase: the server runs the
-//! sequence, the relay and the HTTP connections react to it.
+//! (whatever is left is dropped). A second request skips to the deadline. This module owns the
+//! signal handlers, the request channel, the phases and how they are announced. It does not
+//! decide when to move on, or what each task does in each phase: the server runs the sequence,
+//! the relay and the HTTP connections react to it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use futures_util::Stream;
+use tokio::sync::mpsc;
 use tokio_util::sync::{
     CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
 };
-use tracing::{error, info, warn};
+use tracing::info;
 
-/// Completes on the first SIGTERM or SIGINT, logging which one arrived.
-///
-/// The handlers are installed when the future is first polled, so poll it (hand it to
-/// `server::run`) before doing anything slow. If they cannot be installed, the error is logged
-/// and the future falls back to [`tokio::signal::ctrl_c`]; if even that fails, it never
-/// completes, because stopping at once would be worse than needing SIGKILL.
-///
-/// Must be polled inside a tokio runtime with the signal driver enabled.
-pub async fn signal() {
-    #[cfg(unix)]
-    unix_signal().await;
-    #[cfg(not(unix))]
-    ctrl_c().await;
+/// SIGTERM (Kubernetes, systemd) and SIGINT (Ctrl-C), caught from the moment
+/// [`Signals::install`] returns. Install them before binding any port: a signal that arrives
+/// once the port is open is then a drain request, never the default action (death by signal,
+/// which Kubernetes reports as a failure).
+#[derive(Debug)]
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
 }
 
-#[cfg(unix)]
-async fn unix_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
+impl Signals {
+    /// Installs both handlers. Must run inside a tokio runtime with the signal driver enabled.
+    ///
+    /// # Errors
+    /// The OS refused a handler.
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
 
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(e), _) | (_, Err(e)) => {
-            warn!(error = %e, "cannot install SIGTERM/SIGINT handlers; falling back to Ctrl-C only");
-            return ctrl_c().await;
-        }
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!(signal = name, "shutdown requested");
+    /// The next SIGTERM or SIGINT (one that arrived since the last call counts), logged with
+    /// its name.
+    pub async fn recv(&mut self) -> &'static str {
+        let name = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutdown requested");
+        name
+    }
+
+    /// Every signal from now on as a stream of drain requests, for `server::run`.
+    pub fn into_requests(self) -> impl Stream<Item = ()> + Send + 'static {
+        futures_util::stream::unfold(self, |mut signals| async move {
+            signals.recv().await;
+            Some(((), signals))
+        })
+    }
 }
 
-async fn ctrl_c() {
-    match tokio::signal::ctrl_c().await {
-        Ok(()) => info!(signal = "ctrl-c", "shutdown requested"),
-        Err(e) => {
-            error!(error = %e, "cannot listen for Ctrl-C either; only SIGKILL will stop wsbeat");
-            std::future::pending::<()>().await;
-        }
+/// Hands drain requests to whoever runs the drain: POST /drain uses it, and the server feeds
+/// the signals through it.
+#[derive(Clone, Debug)]
+pub struct DrainRequests(mpsc::UnboundedSender<()>);
+
+impl DrainRequests {
+    /// A sender and the receiver the drain sequence listens on.
+    pub fn channel() -> (DrainRequests, mpsc::UnboundedReceiver<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (DrainRequests(tx), rx)
+    }
+
+    /// Asks for a drain: the first request starts it, a later one skips to its end. Returns
+    /// false when nobody listens any more (the process is stopping anyway).
+    pub fn request(&self) -> bool {
+        self.0.send(()).is_ok()
     }
 }
 

@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::prom::metric;
 use common::*;
 use serde_json::Value;
 
@@ -128,4 +129,33 @@ async fn readyz_turns_503_when_shutdown_starts_and_healthz_stays_200() {
     )
     .await;
     assert_eq!(get(admin, "/healthz").await.0, 200);
+}
+
+/// `POST /drain` from loopback starts the drain (202, `/readyz` 503, phase gauge 1); other
+/// methods get 405. (The refusal of non-loopback peers is in tests/shutdown.rs, which needs a
+/// network namespace.)
+#[tokio::test]
+async fn post_drain_from_loopback_starts_the_drain() {
+    let proxy = spawn_proxy(&["--upstream", &demo_upstream().await, "--drain-delay", "30s"]).await;
+    let (status, _) = get(proxy.admin_addr, "/drain").await;
+    assert_eq!(status, 405, "GET /drain");
+    assert_eq!(get(proxy.admin_addr, "/readyz").await.0, 200);
+    metric("wsbeat_drain_phase")
+        .value(0)
+        .assert_in(proxy.admin_addr)
+        .await;
+
+    let req =
+        "POST /drain HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let (head, body) = http_exchange(proxy.admin_addr, req).await;
+    assert_eq!(head.status(), 202, "{}", String::from_utf8_lossy(&body));
+    let admin = proxy.admin_addr;
+    assert_eventually(STEP, "/readyz answering 503", || async move {
+        get(admin, "/readyz").await.0 == 503
+    })
+    .await;
+    metric("wsbeat_drain_phase").value(1).assert_in(admin).await;
+    // Still accepting during the drain delay.
+    let (mut ws, _) = ws_connect(proxy.ws_url("/late")).await;
+    assert_echo(&mut ws, "still served").await;
 }

@@ -74,7 +74,14 @@ async fn missing_upstream_is_a_usage_error() {
 
 #[tokio::test]
 async fn demo_quick_start_echoes_and_stops_cleanly_on_sigterm() {
-    let mut child = WsbeatProcess::start(&["--demo", "--upstream-ping-interval", "50ms"]).await;
+    let mut child = WsbeatProcess::start(&[
+        "--demo",
+        "--upstream-ping-interval",
+        "50ms",
+        "--drain-delay",
+        "100ms",
+    ])
+    .await;
     let addr = child.addr;
     let (mut ws, _) = ws_connect(format!("ws://{addr}/demo")).await;
     // The demo upstream never answers the proxy's pings; the session lives on regardless.

@@ -40,8 +40,15 @@ impl WsbeatProcess {
     /// Starts `wsbeat` on 127.0.0.1 port 0 (client and admin) with `--log-format json` and
     /// `args`, and waits for its "listening" log line.
     pub async fn start(args: &[&str]) -> WsbeatProcess {
-        let mut child = wsbeat_command()
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        let mut cmd = wsbeat_command();
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+        Self::start_command(cmd, args).await
+    }
+
+    /// Starts `cmd` (a `wsbeat` command, perhaps run through `ip netns exec`) with
+    /// `--log-format json` and `args`, and waits for its "listening" log line.
+    pub async fn start_command(mut cmd: Command, args: &[&str]) -> WsbeatProcess {
+        let mut child = cmd
             .args(["--log-format", "json"])
             .args(args)
             .spawn()

@@ -9,6 +9,7 @@
 pub mod child;
 pub mod external;
 pub mod frame;
+pub mod netns;
 pub mod peers;
 pub mod prom;
 pub mod proxy;
@@ -22,6 +23,7 @@ use tokio::time::{Instant, sleep, timeout};
 pub use child::*;
 pub use external::*;
 pub use frame::*;
+pub use netns::*;
 pub use peers::*;
 pub use proxy::*;
 pub use raw::*;

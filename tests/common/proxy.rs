@@ -17,7 +17,7 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     /// The admin listener (`/healthz`, `/metrics`).
     pub admin_addr: SocketAddr,
-    /// Fires the shutdown future given to `server::run`.
+    /// Sends the one drain request `server::run` gets (a stand-in for SIGTERM).
     pub shutdown: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<Result<(), ServerError>>,
 }
@@ -58,9 +58,10 @@ pub async fn spawn_proxy(args: &[&str]) -> TestProxy {
     let admin_addr = admin.local_addr().expect("local addr");
     let config = proxy_config(args, addr, admin_addr);
     let (tx, rx) = oneshot::channel::<()>();
-    let shutdown = async move {
+    // One drain request: when the test fires it, or when the sender is dropped.
+    let shutdown = futures_util::stream::once(async move {
         let _ = rx.await;
-    };
+    });
     let task = tokio::spawn(wsbeat::server::run(listener, admin, config, shutdown));
     TestProxy {
         addr,
