@@ -32,7 +32,7 @@ use units::{GIB, KIB, MIB, format_bytes, format_duration};
 
 pub use cli::{
     Cli, ClientArgs, Command, DemoArgs, DrainArgs, ListenArgs, LogFormat, ProcessArgs, RelayArgs,
-    ShutdownArgs, UpstreamArgs,
+    ShutdownArgs, UpstreamArgs, UpstreamMasking,
 };
 pub use units::MAX_DURATION;
 pub use upstream::Upstream;
@@ -191,6 +191,8 @@ pub struct RelayConfig {
     pub close_timeout: Duration,
     /// Largest data frame payload accepted from either side, in bytes.
     pub max_frame_size: u64,
+    /// Whether client frames get a fresh masking key toward the upstream or keep the client's.
+    pub upstream_masking: UpstreamMasking,
 }
 
 /// How a drain proceeds, once asked for (SIGTERM, SIGINT, POST /drain).
@@ -313,6 +315,7 @@ impl RelayConfig {
             },
             close_timeout: p.duration("--close-timeout", &args.close_timeout),
             max_frame_size: p.size("--max-frame-size", &args.max_frame_size),
+            upstream_masking: args.upstream_masking,
         }
     }
 }
@@ -476,7 +479,24 @@ impl Config {
         if self.relay.upstream.timeout.is_zero() && self.upstream.tcp_user_timeout.is_zero() {
             out.push("--upstream-pong-timeout 0 and --upstream-tcp-user-timeout 0: dead upstreams are then only found by TCP keepalive; set one of them".into());
         }
+        if self.relay.upstream_masking == UpstreamMasking::Forward && !self.upstream_is_local() {
+            out.push(format!(
+                "--upstream-masking forward with upstream host {}: clients then choose the masking keys on the way to it, so an intermediary on that path can be fed predictable bytes (RFC 6455 10.3); use it only for a loopback or Pod-local upstream",
+                self.upstream.url.host
+            ));
+        }
         out
+    }
+
+    /// The upstream is this host (demo, loopback IP or `localhost`): nothing sits between.
+    fn upstream_is_local(&self) -> bool {
+        let host = self.upstream.url.host.as_str();
+        self.demo.is_some()
+            || host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 
     /// The effective configuration on one line, for the startup log. There are no secrets yet;
@@ -492,6 +512,7 @@ impl Config {
              client_ping_interval={} client_pong_timeout={} \
              upstream_ping_interval={} upstream_pong_timeout={} upstream_tcp_user_timeout={} \
              connect_timeout={} handshake_timeout={} close_timeout={} max_frame_size={} \
+             upstream_masking={} \
              drain_delay={} shutdown_grace={} \
              worker_threads={} log_format={} log_level={:?} demo={demo} \
              listen_backlog={} admin_header_timeout={} admin_max_connections={} \
@@ -508,6 +529,7 @@ impl Config {
             format_duration(self.clients.handshake_timeout),
             format_duration(self.relay.close_timeout),
             format_bytes(self.relay.max_frame_size),
+            self.relay.upstream_masking.as_str(),
             format_duration(self.shutdown.drain_delay),
             format_duration(self.shutdown.grace),
             self.process.worker_threads,

@@ -167,8 +167,9 @@ where
             extensions,
         } = ctx;
         let now = Instant::now();
-        let c2u = Pump::new(client.read_ahead, !extensions);
-        let u2c = Pump::new(upstream.read_ahead, !extensions);
+        let c2u = Pump::new(client.read_ahead, !extensions, cfg.upstream_masking);
+        // Upstream frames are never masked, so the masking setting does not apply to them.
+        let u2c = Pump::new(upstream.read_ahead, !extensions, cfg.upstream_masking);
         let client = Leg {
             io: Some(client.io),
             st: LegState::new(Side::Client, cfg.client, now),

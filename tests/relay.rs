@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::SinkExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -151,6 +151,67 @@ async fn client_frames_are_remasked_with_fresh_keys_and_upstream_frames_arrive_u
         upstream_keys.len() > 1,
         "the proxy must use a fresh key per frame"
     );
+}
+
+/// `--upstream-masking`: with `forward` the upstream reads exactly the bytes the client wrote
+/// (its masking keys, its masked payloads), with `fresh` every frame carries another key; in
+/// both modes the unmasked payloads arrive intact, on the fast path (small whole frames) and the
+/// general one (longer frames, read in pieces), and the proxy still reads what it must act on:
+/// it answers a masked ping with the right payload and relays the client's close code.
+#[tokio::test]
+async fn upstream_masking_forward_keeps_client_bytes_and_fresh_replaces_keys() {
+    for mode in ["fresh", "forward"] {
+        let (_proxy, mut client, mut upstream) =
+            quiet_raw_session(&["--upstream-masking", mode]).await;
+        let frames = [
+            RawFrame::binary(pattern(64)).with_mask([0x01, 0x02, 0x03, 0x04]),
+            RawFrame::text("héllo").with_mask([0xF0, 0x0F, 0xAA, 0x55]),
+            RawFrame::binary(pattern(300)).with_mask([0x11, 0x22, 0x33, 0x44]),
+            RawFrame::binary(pattern(200_000)).with_mask([0xDE, 0xAD, 0xBE, 0xEF]),
+            RawFrame::close(4001, "bye").with_mask([0x10, 0x20, 0x30, 0x40]),
+        ];
+        for (i, sent) in frames.into_iter().enumerate() {
+            if i == 2 {
+                let ping = RawFrame::ping("are you there").with_mask([5, 6, 7, 8]);
+                client.ws.must_send(ping).await;
+                let pong = client.ws.recv_within(STEP).await;
+                assert_eq!(
+                    (pong.opcode, pong.payload),
+                    (OP_PONG, b"are you there".to_vec())
+                );
+            }
+            let wire = sent.encode();
+            client.ws.must_send(sent.clone()).await;
+            let mut got = vec![0u8; wire.len()];
+            within(
+                STEP,
+                "the frame at the upstream",
+                upstream.ws.io.read_exact(&mut got),
+            )
+            .await
+            .expect("read");
+            let decoded = read_frame(&mut &got[..])
+                .await
+                .expect("a frame")
+                .expect("whole");
+            assert_eq!(
+                decoded.payload, sent.payload,
+                "{mode}: payload of frame {i}"
+            );
+            assert_eq!(decoded.close_code(), sent.close_code(), "{mode}: frame {i}");
+            if mode == "forward" {
+                assert!(
+                    got == wire,
+                    "{mode}: frame {i} must reach the upstream byte for byte"
+                );
+            } else {
+                assert_ne!(
+                    decoded.mask, sent.mask,
+                    "{mode}: frame {i} kept the client's key"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -322,16 +383,21 @@ async fn oversized_upstream_frame_is_refused_with_1009_to_the_upstream() {
     assert_eq!(got.close_code(), Some(1009), "got {got:?}");
 }
 
+/// Masking is checked whatever `--upstream-masking` says: forwarding the client's keys never
+/// means accepting a frame without one.
 #[tokio::test]
 async fn unmasked_client_frame_is_refused_with_1002() {
-    let (_proxy, mut client, _upstream) = quiet_raw_session(&[]).await;
-    client
-        .ws
-        .send_exact(&RawFrame::text("not masked"))
-        .await
-        .expect("send");
-    let got = client.ws.expect_close(STEP).await;
-    assert_eq!(got.close_code(), Some(1002), "got {got:?}");
+    for mode in ["fresh", "forward"] {
+        let (_proxy, mut client, _upstream) =
+            quiet_raw_session(&["--upstream-masking", mode]).await;
+        client
+            .ws
+            .send_exact(&RawFrame::text("not masked"))
+            .await
+            .expect("send");
+        let got = client.ws.expect_close(STEP).await;
+        assert_eq!(got.close_code(), Some(1002), "{mode}: got {got:?}");
+    }
 }
 
 #[tokio::test]

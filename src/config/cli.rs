@@ -245,6 +245,15 @@ pub struct RelayArgs {
         default_value = "16MiB"
     )]
     pub max_frame_size: String,
+
+    /// Masking of client frames toward the upstream: fresh (a new random key per frame, RFC 6455 5.3) or forward (the client's own key and bytes, unchanged; only for a loopback or Pod-local upstream).
+    #[arg(
+        long,
+        env = "WSBEAT_UPSTREAM_MASKING",
+        value_enum,
+        default_value_t = UpstreamMasking::Fresh
+    )]
+    pub upstream_masking: UpstreamMasking,
 }
 
 /// The drain after SIGTERM, SIGINT or POST /drain: not ready but accepting for the delay, then
@@ -309,6 +318,28 @@ pub struct DemoArgs {
     /// Address the --demo upstream listens on.
     #[arg(long, env = "WSBEAT_DEMO_LISTEN", value_name = "ADDR", default_value = DEFAULT_DEMO_LISTEN)]
     pub demo_listen: String,
+}
+
+/// How client frames are masked on their way to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpstreamMasking {
+    /// Unmask each client frame and mask it again with a fresh key from a CSPRNG: the bytes
+    /// toward the upstream stay unpredictable to the client whatever keys it picks (RFC 6455
+    /// 10.3), so an intermediary between wsbeat and the upstream cannot be poisoned through it.
+    Fresh,
+    /// Pass the client's masking key and masked payload on untouched: no XOR and no key per
+    /// frame. Safe only when nothing sits between wsbeat and the upstream (loopback, same Pod).
+    Forward,
+}
+
+impl UpstreamMasking {
+    /// The flag value that selects this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamMasking::Fresh => "fresh",
+            UpstreamMasking::Forward => "forward",
+        }
+    }
 }
 
 /// How log lines are written.

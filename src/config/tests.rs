@@ -334,7 +334,7 @@ fn log_summary_shows_effective_values() {
 /// deployments set them, so a rename is a breaking change, not a refactoring.
 #[test]
 fn flag_names_variables_and_defaults_are_stable() {
-    let expected: [(&str, Option<&str>); 27] = [
+    let expected: [(&str, Option<&str>); 28] = [
         ("listen", Some(DEFAULT_LISTEN)),
         ("admin-listen", Some(DEFAULT_ADMIN_LISTEN)),
         ("upstream", None),
@@ -348,6 +348,7 @@ fn flag_names_variables_and_defaults_are_stable() {
         ("upstream-pong-timeout", Some("0")),
         ("close-timeout", Some("5s")),
         ("max-frame-size", Some("16MiB")),
+        ("upstream-masking", Some("fresh")),
         ("drain-delay", Some("5s")),
         ("shutdown-grace", Some("25s")),
         ("worker-threads", Some("0")),
@@ -424,7 +425,7 @@ fn relay_settings_are_one_group() {
     let config = config(&format!(
         "{UPSTREAM} --client-ping-interval 10ms --client-pong-timeout 15ms \
          --upstream-ping-interval 1m --upstream-pong-timeout 0 --close-timeout 2s \
-         --max-frame-size 64KiB"
+         --max-frame-size 64KiB --upstream-masking forward"
     ))
     .unwrap();
     let want = RelayConfig {
@@ -438,8 +439,35 @@ fn relay_settings_are_one_group() {
         },
         close_timeout: ms(2000),
         max_frame_size: 64 * 1024,
+        upstream_masking: UpstreamMasking::Forward,
     };
     assert_eq!(config.relay, want);
+}
+
+/// Re-masking with fresh keys is the default (RFC 6455 10.3); forwarding the client's keys is
+/// an opt-in, warned about when the upstream is not on loopback, and a typo is refused.
+#[test]
+fn upstream_masking_is_fresh_unless_forward_is_asked_for() {
+    let default = config(UPSTREAM).unwrap();
+    assert_eq!(default.relay.upstream_masking, UpstreamMasking::Fresh);
+    let local = config(&format!("{UPSTREAM} --upstream-masking forward")).unwrap();
+    assert_eq!(local.relay.upstream_masking, UpstreamMasking::Forward);
+    assert!(local.warnings().is_empty(), "{:?}", local.warnings());
+    let remote = config("--upstream ws://10.1.2.3:9000 --upstream-masking forward").unwrap();
+    let warnings = remote.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("--upstream-masking forward"),
+        "{warnings:?}"
+    );
+    let typo = [
+        "wsbeat",
+        "--upstream",
+        "ws://127.0.0.1:9000",
+        "--upstream-masking",
+        "keep",
+    ];
+    assert!(Cli::try_parse_from(typo).is_err());
 }
 
 /// A few microseconds between pings would flood both peers; below 10 ms is refused with a

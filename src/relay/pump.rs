@@ -3,13 +3,16 @@
 //! The buffer holds three regions: `[wpos, ppos)` is processed output waiting to be written to the
 //! destination, `[ppos, end)` is input not yet parsed, and `[end, len)` is free. Data and close
 //! frames stay where they were read: a masked header keeps its length when its key is replaced,
-//! and the payload is unmasked and re-masked by one XOR with `old ^ new`. Pings and pongs are cut
+//! and the payload is unmasked and re-masked by one XOR with `old ^ new`; with
+//! [`UpstreamMasking::Forward`] the key and the masked payload are left as they arrived. Every
+//! payload the pump itself reads (control frames) is unmasked on a copy. Pings and pongs are cut
 //! out of the stream (the output region slides over them), so they are never forwarded.
 //! A frame larger than the buffer streams through in pieces: memory stays at one buffer.
 
 use bytes::Bytes;
 
 use super::pool;
+use crate::config::UpstreamMasking;
 use crate::frame::{self, Header, MAX_CONTROL_PAYLOAD};
 
 /// What the pump does with the frames it parses.
@@ -97,12 +100,15 @@ pub(crate) struct Pump {
     /// No extension was negotiated, so RSV bits and reserved opcodes are errors (RFC 6455 5.2).
     /// With one, they pass through: the proxy cannot know what an extension assigns to them.
     strict: bool,
+    /// Whether masked input gets a fresh key or keeps its own (only client input is masked).
+    masking: UpstreamMasking,
 }
 
 impl Pump {
     /// A pump starting with the bytes the handshake read ahead. `strict`: no extension was
-    /// negotiated, so RSV bits and reserved opcodes are violations.
-    pub(crate) fn new(prefix: Bytes, strict: bool) -> Self {
+    /// negotiated, so RSV bits and reserved opcodes are violations. `masking`: what happens to
+    /// the key of masked input (it has no effect on unmasked input).
+    pub(crate) fn new(prefix: Bytes, strict: bool, masking: UpstreamMasking) -> Self {
         Pump {
             buf: None,
             // An empty slice may still pin hyper's whole read buffer: keep none.
@@ -126,6 +132,7 @@ impl Pump {
             truncated: false,
             stalled: false,
             strict,
+            masking,
         }
     }
 
@@ -277,7 +284,8 @@ impl Pump {
     /// without returning: a batch of small frames goes through in one call.
     ///
     /// `masked_input`: frames from the source must be masked (client) or must not be (upstream).
-    /// Relayed frames are re-masked with a fresh key when masked.
+    /// Relayed masked frames are re-masked with a fresh key, or keep theirs with
+    /// [`UpstreamMasking::Forward`].
     ///
     /// # Errors
     /// A [`Violation`] by the source; the offending frame is left unconsumed.
@@ -376,7 +384,7 @@ impl Pump {
         }
         let header = if masked_input { 6 } else { 2 };
         let frame = input.get_mut(..header + payload)?;
-        if masked_input {
+        if masked_input && self.masking == UpstreamMasking::Fresh {
             let (key, body) = frame[2..].split_at_mut(4);
             let new = frame::random_mask();
             let old = [key[0], key[1], key[2], key[3]];
@@ -433,7 +441,11 @@ impl Pump {
         self.last_end = self.last_start + h.frame_len();
         self.in_mask = [0; 4];
         self.in_off = 0;
-        if let (Some(old), Some(off), Some(buf)) = (h.mask, h.mask_offset(), &mut self.buf) {
+        // With `Forward` the client's key and masked payload go on as they are: `in_mask`
+        // stays zero, so `advance_payload` touches no byte.
+        if self.masking == UpstreamMasking::Fresh
+            && let (Some(old), Some(off), Some(buf)) = (h.mask, h.mask_offset(), &mut self.buf)
+        {
             let new = frame::random_mask();
             buf[self.ppos + off..self.ppos + off + 4].copy_from_slice(&new);
             self.in_mask = frame::xor_keys(old, new);
@@ -574,7 +586,7 @@ mod tests {
 
     #[test]
     fn client_frames_are_remasked_and_pings_cut_out() {
-        let mut p = Pump::new(Bytes::new(), true);
+        let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
         let mut input = Vec::new();
         encode_frame(&mut input, false, OP_TEXT, b"hel", Some([1, 2, 3, 4]));
         encode_frame(
@@ -612,6 +624,55 @@ mod tests {
         assert!(p.is_drained());
     }
 
+    /// With `Forward`, relayed client frames are byte for byte what the client sent (its keys,
+    /// its masked payloads, on the fast and on the general path), while the pump still reads
+    /// the payloads it acts on (ping, close) unmasked, however the input is cut into reads.
+    #[test]
+    fn forward_masking_relays_client_bytes_unchanged_and_still_reads_control_payloads() {
+        let mut input = Vec::new();
+        let mut expected = Vec::new();
+        encode_frame(&mut input, false, OP_TEXT, b"hel", Some([1, 2, 3, 4]));
+        let ping_at = input.len();
+        encode_frame(
+            &mut input,
+            true,
+            OP_PING,
+            b"are you there",
+            Some([5, 6, 7, 8]),
+        );
+        expected.extend_from_slice(&input[..ping_at]);
+        let rest = input.len();
+        encode_frame(&mut input, true, 0, b"lo", Some([9, 9, 9, 9]));
+        let payload: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        encode_frame(
+            &mut input,
+            true,
+            OP_BINARY,
+            &payload,
+            Some([0xA5, 0x5A, 0xFF, 0x01]),
+        );
+        encode_close(&mut input, 4001, "bye", Some([0x10, 0x20, 0x30, 0x40]));
+        expected.extend_from_slice(&input[rest..]);
+        for read in [1, 5, 64, input.len()] {
+            let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Forward);
+            let (mut relayed, mut seen) = (Vec::new(), Vec::new());
+            for chunk in input.chunks(read) {
+                feed(&mut p, chunk);
+                seen.extend(parse_all(&mut p, true));
+                relayed.extend(drain_output(&mut p));
+            }
+            assert_eq!(relayed, expected, "reads of {read}");
+            assert!(
+                seen.contains(&format!("ping {:?}", b"are you there")),
+                "{seen:?}"
+            );
+            assert!(
+                seen.contains(&"close Some(4001) true".to_owned()),
+                "{seen:?}"
+            );
+        }
+    }
+
     /// Small whole frames take a fast path, partial and long ones the general one: however
     /// the stream is cut into reads, the relayed frames and the reported headers are the same.
     #[test]
@@ -642,7 +703,7 @@ mod tests {
                 plain
             };
             for read in [1, 3, 7, 64, 131, 4096, stream.len()] {
-                let mut p = Pump::new(Bytes::new(), true);
+                let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
                 let (mut relayed, mut seen) = (Vec::new(), Vec::new());
                 for mut chunk in stream.chunks(read) {
                     while !chunk.is_empty() {
@@ -685,7 +746,7 @@ mod tests {
 
     #[test]
     fn large_frame_streams_through_in_pieces() {
-        let mut p = Pump::new(Bytes::new(), true);
+        let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
         let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_BINARY, &payload, None);
@@ -704,7 +765,7 @@ mod tests {
 
     #[test]
     fn control_frames_may_only_go_between_relayed_frames() {
-        let mut p = Pump::new(Bytes::new(), true);
+        let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_BINARY, &[1u8; 10], None); // bytes 0..12
         encode_frame(&mut input, true, OP_BINARY, &[2u8; 10], None); // bytes 12..24
@@ -727,7 +788,7 @@ mod tests {
 
     #[test]
     fn close_is_forwarded_then_everything_after_is_discarded() {
-        let mut p = Pump::new(Bytes::new(), true);
+        let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
         let mut input = Vec::new();
         encode_close(&mut input, 4001, "bye", None);
         encode_frame(&mut input, true, OP_TEXT, b"late", None);
@@ -745,13 +806,13 @@ mod tests {
         let mut frame_rsv1 = Vec::new();
         encode_frame(&mut frame_rsv1, true, OP_TEXT, b"x", None);
         frame_rsv1[0] |= 0x40;
-        let mut strict = Pump::new(Bytes::new(), true);
+        let mut strict = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
         feed(&mut strict, &frame_rsv1);
         assert!(matches!(
             strict.parse(false, 100, |_, _, _| {}),
             Err(Violation::Protocol(_))
         ));
-        let mut lenient = Pump::new(Bytes::new(), false);
+        let mut lenient = Pump::new(Bytes::new(), false, UpstreamMasking::Fresh);
         feed(&mut lenient, &frame_rsv1);
         assert_eq!(parse_all(&mut lenient, false), ["data 1 true 3"]);
         assert_eq!(
@@ -766,7 +827,7 @@ mod tests {
         for op in [0x3, 0x7, 0xB, 0xF] {
             let mut input = Vec::new();
             encode_frame(&mut input, true, op, b"", None);
-            let mut p = Pump::new(Bytes::new(), true);
+            let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
             feed(&mut p, &input);
             assert!(
                 matches!(
@@ -780,7 +841,7 @@ mod tests {
 
     #[test]
     fn unmasked_client_frame_is_a_violation() {
-        let mut p = Pump::new(Bytes::new(), true);
+        let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_TEXT, b"x", None);
         feed(&mut p, &input);
@@ -792,7 +853,7 @@ mod tests {
 
     #[test]
     fn oversized_data_frame_is_refused_before_any_payload() {
-        let mut p = Pump::new(Bytes::new(), true);
+        let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_BINARY, &[0u8; 101], None);
         feed(&mut p, &input[..4]);
@@ -804,7 +865,7 @@ mod tests {
 
     #[test]
     fn draining_finishes_the_current_frame() {
-        let mut p = Pump::new(Bytes::new(), true);
+        let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
         let mut input = Vec::new();
         encode_frame(&mut input, true, OP_BINARY, &[7u8; 100], None);
         encode_frame(&mut input, true, OP_BINARY, &[8u8; 100], None);

@@ -116,6 +116,7 @@ mod tests {
             upstream: hb(upstream),
             close_timeout: 5 * S,
             max_frame_size: 1 << 20,
+            upstream_masking: crate::config::UpstreamMasking::Fresh,
         }
     }
 
