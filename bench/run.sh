@@ -10,6 +10,7 @@
 #   RUNS [3]            runs per figure (median reported)
 #   DURATION [5s]       measurement window of each throughput/latency run; WARMUP [1s] before it
 #   TARGETS ["direct nginx haproxy wsbeat"]     IDLE_TARGETS ["nginx haproxy wsbeat"]
+#                       (also: wsbeat-forward, wsbeat with --upstream-masking forward)
 #   WORKLOADS ["small large latency stream idle floor"]
 #   IDLE_SESSIONS [9000]  IDLE_HOLD [10s]  IDLE_SETTLE [2s]  PING_INTERVAL [1s]
 #   STREAM_FRAMES [256] (of 1 MiB)
@@ -120,7 +121,7 @@ fi
 available() {
     case $1 in
         direct) true ;;
-        wsbeat) [ -x "$WSBEAT_BIN" ] ;;
+        wsbeat | wsbeat-forward) [ -x "$WSBEAT_BIN" ] ;;
         nginx | haproxy) command -v "$1" >/dev/null ;;
         *) false ;;
     esac
@@ -216,10 +217,12 @@ start_target() {
             PROXY_URL="ws://127.0.0.1:$ECHO_PORT/"
             return 0
             ;;
-        wsbeat)
+        wsbeat | wsbeat-forward)
             read -r port admin < <("$BENCH" ports --count 2 | paste -sd' ')
+            local masking=fresh
+            [ "$1" = wsbeat-forward ] && masking=forward
             "$WSBEAT_BIN" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-                --upstream "ws://127.0.0.1:$ECHO_PORT" \
+                --upstream "ws://127.0.0.1:$ECHO_PORT" --upstream-masking "$masking" \
                 --client-ping-interval "$PING_INTERVAL" --upstream-ping-interval "$PING_INTERVAL" \
                 --log-level warn 2>>"$OUT/wsbeat.log" >/dev/null &
             pid=$!
