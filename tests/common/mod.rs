@@ -1,11 +1,12 @@
 //! Shared helpers for wsbeat's integration tests: the proxy under test started in-process on
 //! port 0 (`proxy`), the binary as a child process (`child`), hand-written frame-level peers (`frame`, `raw`), library-based peers and
-//! network stand-ins (`peers`), other programs as peers (`external`: faye, Python), and bounded-wait helpers (here).
+//! network stand-ins (`peers`), other programs as peers (`external`: faye, Python; `browser`: headless Chromium), and bounded-wait helpers (here).
 //!
 //! Rules every test follows: real sockets on 127.0.0.1 only, port 0 everywhere, every await
 //! bounded by a timeout, no sleep used as synchronisation.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod child;
 pub mod external;
 pub mod frame;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep, timeout};
 
+pub use browser::*;
 pub use child::*;
 pub use external::*;
 pub use frame::*;

@@ -64,6 +64,9 @@ pub struct EchoOptions {
     pub choose_protocol: Option<String>,
     /// Extra headers on the 101 response.
     pub response_headers: Vec<(String, String)>,
+    /// Record messages but never send one back: a legacy server that ignores an application
+    /// heartbeat such as a text `ping`.
+    pub mute: bool,
 }
 
 /// A tokio-tungstenite echo upstream (it answers pings, as tungstenite always does).
@@ -132,6 +135,7 @@ async fn echo_connection(
     req_tx: mpsc::UnboundedSender<RecordedRequest>,
     ev_tx: mpsc::UnboundedSender<EchoEvent>,
 ) {
+    let mute = options.mute;
     let callback = move |req: &Request, mut resp: Response| {
         let target = req
             .uri()
@@ -164,7 +168,7 @@ async fn echo_connection(
         match msg {
             Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
                 let _ = ev_tx.send(EchoEvent::Message(m.clone()));
-                if ws.send(m).await.is_err() {
+                if !mute && ws.send(m).await.is_err() {
                     break;
                 }
             }
