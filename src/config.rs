@@ -19,14 +19,17 @@ mod cli;
 mod problems;
 #[cfg(test)]
 mod tests;
+mod text;
 mod units;
 mod upstream;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::heartbeat::HeartbeatConfig;
 use crate::net::Cidr;
+use crate::text_heartbeat::TextHeartbeatConfig;
 use problems::Problems;
 use units::{GIB, KIB, MIB, format_bytes, format_duration};
 
@@ -34,6 +37,7 @@ pub use cli::{
     Cli, ClientArgs, Command, DemoArgs, DrainArgs, ListenArgs, LogFormat, ProcessArgs, RelayArgs,
     ShutdownArgs, UpstreamArgs, UpstreamMasking,
 };
+pub use text::TextHeartbeatArgs;
 pub use units::MAX_DURATION;
 pub use upstream::Upstream;
 
@@ -181,7 +185,7 @@ pub struct ClientConfig {
 
 /// Settings of each session, the same for all of them: what the relay needs besides its two
 /// connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
     /// Heartbeat of the client leg.
     pub client: HeartbeatConfig,
@@ -193,6 +197,8 @@ pub struct RelayConfig {
     pub max_frame_size: u64,
     /// Whether client frames get a fresh masking key toward the upstream or keep the client's.
     pub upstream_masking: UpstreamMasking,
+    /// Application heartbeats in text messages (all off by default), shared by every session.
+    pub text: Arc<TextHeartbeatConfig>,
 }
 
 /// How a drain proceeds, once asked for (SIGTERM, SIGINT, POST /drain).
@@ -302,7 +308,7 @@ impl ClientConfig {
 }
 
 impl RelayConfig {
-    fn parse(args: &RelayArgs, p: &mut Problems) -> RelayConfig {
+    fn parse(args: &RelayArgs, text: &TextHeartbeatArgs, p: &mut Problems) -> RelayConfig {
         RelayConfig {
             client: HeartbeatConfig {
                 interval: p.heartbeat_period("--client-ping-interval", &args.client_ping_interval),
@@ -316,6 +322,7 @@ impl RelayConfig {
             close_timeout: p.duration("--close-timeout", &args.close_timeout),
             max_frame_size: p.size("--max-frame-size", &args.max_frame_size),
             upstream_masking: args.upstream_masking,
+            text: Arc::new(text::parse(text, p)),
         }
     }
 }
@@ -348,7 +355,7 @@ impl Config {
             listen: ListenConfig::parse(&cli.listen, p),
             upstream: UpstreamConfig::parse(&cli.upstream, cli.demo.demo, demo_listen, p),
             clients: ClientConfig::parse(&cli.clients, p),
-            relay: RelayConfig::parse(&cli.relay, p),
+            relay: RelayConfig::parse(&cli.relay, &cli.text, p),
             shutdown: ShutdownConfig::parse(&cli.shutdown, p),
             process: ProcessConfig::parse(&cli.process, p),
             demo: cli.demo.demo.then_some(demo_listen),

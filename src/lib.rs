@@ -15,6 +15,8 @@
 //!   drives both heartbeats, handles closes and reports the outcome.
 //! - [`frame`]: RFC 6455 frame headers and masking, done in place on the relay's buffers.
 //! - [`heartbeat`]: pure per-side ping/timeout state machine (no I/O, time passed in).
+//! - [`text_heartbeat`]: application heartbeats in text messages (browser `ping`s answered,
+//!   keep-alives injected): exact-match rules, presets and their timers; pure.
 //! - [`metrics`]: owned Prometheus registry and per-connection metric handles; records
 //!   [`outcome`] values, imports no proxy type.
 //! - [`net`]: socket options, dialing, and [`net::Conn`], the one stream type the relay runs on.
@@ -46,6 +48,7 @@ pub mod relay;
 pub mod server;
 pub mod sessions;
 pub mod shutdown;
+pub mod text_heartbeat;
 pub mod workers;
 
 /// The two legs of a session: whoever connected to us, and the legacy backend.

@@ -32,6 +32,9 @@ pub struct Cli {
     /// Heartbeats, closes and frame limits of upgraded sessions.
     #[command(flatten)]
     pub relay: RelayArgs,
+    /// Application heartbeats in text messages, for browsers.
+    #[command(flatten)]
+    pub text: super::TextHeartbeatArgs,
     /// How a drain proceeds.
     #[command(flatten)]
     pub shutdown: ShutdownArgs,

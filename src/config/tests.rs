@@ -334,7 +334,7 @@ fn log_summary_shows_effective_values() {
 /// deployments set them, so a rename is a breaking change, not a refactoring.
 #[test]
 fn flag_names_variables_and_defaults_are_stable() {
-    let expected: [(&str, Option<&str>); 28] = [
+    let expected: [(&str, Option<&str>); 37] = [
         ("listen", Some(DEFAULT_LISTEN)),
         ("admin-listen", Some(DEFAULT_ADMIN_LISTEN)),
         ("upstream", None),
@@ -363,6 +363,15 @@ fn flag_names_variables_and_defaults_are_stable() {
         ("max-request-header-size", Some("16KiB")),
         ("trusted-proxies", Some("")),
         ("allowed-origins", Some("*")),
+        ("text-heartbeat", None),
+        ("client-text-ping", None),
+        ("client-text-pong", None),
+        ("forward-text-pings", None),
+        ("client-keepalive-message", None),
+        ("client-keepalive-interval", Some("0")),
+        ("upstream-text-ping", None),
+        ("upstream-text-ping-interval", Some("0")),
+        ("upstream-text-pong", None),
     ];
     let cmd = Cli::command();
     let found: Vec<(String, Option<String>, Option<String>)> = cmd
@@ -392,6 +401,7 @@ fn help_is_grouped_by_role() {
         ("Upstream:", "--upstream-tcp-user-timeout"),
         ("Clients:", "--handshake-timeout"),
         ("Sessions:", "--client-ping-interval"),
+        ("Text heartbeats:", "--client-keepalive-interval"),
         ("Shutdown:", "--shutdown-grace"),
         ("Process:", "--worker-threads"),
         ("Demo:", "--demo-listen"),
@@ -440,6 +450,7 @@ fn relay_settings_are_one_group() {
         close_timeout: ms(2000),
         max_frame_size: 64 * 1024,
         upstream_masking: UpstreamMasking::Forward,
+        text: Default::default(),
     };
     assert_eq!(config.relay, want);
 }

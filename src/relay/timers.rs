@@ -117,6 +117,7 @@ mod tests {
             close_timeout: 5 * S,
             max_frame_size: 1 << 20,
             upstream_masking: crate::config::UpstreamMasking::Fresh,
+            text: Default::default(),
         }
     }
 

@@ -166,7 +166,9 @@ impl Chromium {
         }
         let cdp = &mut self.cdp;
         let fut = async move {
-            cdp.send(Message::text(cmd.to_string())).await.expect("send CDP command");
+            cdp.send(Message::text(cmd.to_string()))
+                .await
+                .expect("send CDP command");
             loop {
                 let msg = cdp.next().await.expect("DevTools connection ended");
                 let Message::Text(text) = msg.expect("DevTools read") else {
