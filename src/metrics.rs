@@ -21,6 +21,7 @@ use prometheus::{
 use crate::Side;
 use crate::frame;
 use crate::outcome::{CloseReason, ConnectError, ConnectionResult, Initiator};
+use crate::text_heartbeat::TextKind;
 use sharded::FrameCounters;
 pub use sharded::Shard;
 
@@ -81,6 +82,16 @@ pub fn direction_label(from: Side) -> &'static str {
 /// Status classes of plain HTTP responses, `http_requests_total{status_class}`.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// The `{side, kind}` pairs of `text_heartbeats_total`: only the client's pings are answered,
+/// keep-alives and text pings are injected on both legs, and only the upstream's answers are
+/// absorbed. The other pairs cannot happen, so they are not exposed.
+const TEXT_HEARTBEAT_SERIES: [(Side, TextKind); 4] = [
+    (Side::Client, TextKind::Answered),
+    (Side::Client, TextKind::Injected),
+    (Side::Upstream, TextKind::Injected),
+    (Side::Upstream, TextKind::Absorbed),
+];
+
 /// Every metric of one proxy instance, registered into its own registry.
 pub struct Metrics {
     registry: Registry,
@@ -98,6 +109,9 @@ pub struct Metrics {
     pub ping_rtt: [Histogram; 2],
     /// Sides declared dead after their pong timeout.
     pub peer_timeouts: [IntCounter; 2],
+    /// `text_heartbeats_total`: the side × kind combinations that can happen, in
+    /// [`TEXT_HEARTBEAT_SERIES`] order.
+    text_heartbeats: [IntCounter; 4],
     closes: Vec<IntCounter>,
     /// `frames_total`, `bytes_total` and `messages_total`, sharded per relay thread.
     frame_counters: FrameCounters,
@@ -159,6 +173,15 @@ impl Metrics {
             "peer_timeouts_total",
             "Sides declared dead because they stayed silent past their pong timeout.",
         )?;
+        let text = counter_vec(
+            r,
+            "text_heartbeats_total",
+            "Text heartbeats per leg: client pings answered by wsbeat, messages injected by \
+             wsbeat, upstream answers absorbed.",
+            &["side", "kind"],
+        )?;
+        let text_heartbeats =
+            TEXT_HEARTBEAT_SERIES.map(|(s, k)| text.with_label_values(&[s.as_str(), k.as_str()]));
         let closes = counter_vec(
             r,
             "closes_total",
@@ -231,6 +254,7 @@ impl Metrics {
             pongs_received,
             ping_rtt,
             peer_timeouts,
+            text_heartbeats,
             closes,
             frame_counters,
             handshake_duration,
@@ -257,6 +281,16 @@ impl Metrics {
     /// Counts one ended session.
     pub fn close(&self, initiator: Initiator, reason: CloseReason) {
         self.closes[initiator as usize * CloseReason::ALL.len() + reason as usize].inc();
+    }
+
+    /// Counts one text heartbeat of `kind` on `side`; a pair that cannot happen is ignored.
+    pub fn text_heartbeat(&self, side: Side, kind: TextKind) {
+        if let Some(i) = TEXT_HEARTBEAT_SERIES
+            .iter()
+            .position(|&p| p == (side, kind))
+        {
+            self.text_heartbeats[i].inc();
+        }
     }
 
     /// Counts one failed upstream connect.
@@ -409,6 +443,7 @@ mod tests {
             r#"wsbeat_upstream_connect_errors_total{reason="dns"} 0"#,
             r#"wsbeat_http_requests_total{status_class="5xx"} 0"#,
             "wsbeat_connections_active 0",
+            r#"wsbeat_text_heartbeats_total{kind="absorbed",side="upstream"} 0"#,
         ] {
             assert!(text.contains(line), "missing {line}");
         }
@@ -438,6 +473,24 @@ mod tests {
         assert!(text.contains(r#"wsbeat_messages_total{direction="upstream_to_client"} 0"#));
         assert!(
             text.contains(r#"wsbeat_frames_total{direction="upstream_to_client",opcode="ping"} 1"#)
+        );
+    }
+
+    #[test]
+    fn text_heartbeats_count_under_their_side_and_kind() {
+        let m = Metrics::new().unwrap();
+        m.text_heartbeat(Side::Client, TextKind::Answered);
+        m.text_heartbeat(Side::Client, TextKind::Answered);
+        m.text_heartbeat(Side::Upstream, TextKind::Injected);
+        let text = scrape(&m);
+        assert!(text.contains(r#"wsbeat_text_heartbeats_total{kind="answered",side="client"} 2"#));
+        assert!(
+            text.contains(r#"wsbeat_text_heartbeats_total{kind="injected",side="upstream"} 1"#)
+        );
+        assert!(text.contains(r#"wsbeat_text_heartbeats_total{kind="injected",side="client"} 0"#));
+        assert!(
+            !text.contains(r#"kind="answered",side="upstream""#),
+            "impossible pair exposed"
         );
     }
 

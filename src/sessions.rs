@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::Side;
+use crate::text_heartbeat::TextKind;
 
 /// Stored in place of a value not seen yet.
 const NONE: u64 = u64::MAX;
@@ -26,6 +27,9 @@ pub struct LegInfo {
     last_rx_ms: AtomicU64,
     pings_sent: AtomicU64,
     bytes_received: AtomicU64,
+    /// When (ms since the session started) and what the latest text heartbeat on this leg was.
+    last_text_ms: AtomicU64,
+    last_text_kind: AtomicU8,
 }
 
 impl Default for LegInfo {
@@ -35,6 +39,8 @@ impl Default for LegInfo {
             last_rx_ms: AtomicU64::new(NONE),
             pings_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            last_text_ms: AtomicU64::new(NONE),
+            last_text_kind: AtomicU8::new(0),
         }
     }
 }
@@ -76,18 +82,39 @@ impl SessionInfo {
             .store(us, Ordering::Relaxed);
     }
 
+    /// A text heartbeat of `kind` happened on `side` at `now`.
+    pub fn on_text_heartbeat(&self, side: Side, kind: TextKind, now: Instant) {
+        let leg = &self.legs[side.index()];
+        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        leg.last_text_kind.store(kind as u8, Ordering::Relaxed);
+        leg.last_text_ms.store(ms, Ordering::Relaxed);
+    }
+
     fn snapshot(&self, now: Instant) -> SessionView {
         let age = now.saturating_duration_since(self.started);
         let leg = |side: Side| {
             let l = &self.legs[side.index()];
             let rtt = l.last_rtt_us.load(Ordering::Relaxed);
             let rx = l.last_rx_ms.load(Ordering::Relaxed);
+            let text_ms = l.last_text_ms.load(Ordering::Relaxed);
+            let last_text_heartbeat = (text_ms != NONE).then(|| {
+                let kind = l.last_text_kind.load(Ordering::Relaxed);
+                TextHeartbeatView {
+                    kind: TextKind::ALL
+                        .get(usize::from(kind))
+                        .map_or("unknown", |k| k.as_str()),
+                    seconds_ago: age
+                        .saturating_sub(Duration::from_millis(text_ms))
+                        .as_secs_f64(),
+                }
+            });
             LegView {
                 last_rtt_seconds: (rtt != NONE).then(|| rtt as f64 / 1e6),
                 last_frame_received_seconds_ago: (rx != NONE)
                     .then(|| age.saturating_sub(Duration::from_millis(rx)).as_secs_f64()),
                 pings_sent: l.pings_sent.load(Ordering::Relaxed),
                 bytes_received: l.bytes_received.load(Ordering::Relaxed),
+                last_text_heartbeat,
             }
         };
         SessionView {
@@ -119,6 +146,15 @@ pub struct LegView {
     last_frame_received_seconds_ago: Option<f64>,
     pings_sent: u64,
     bytes_received: u64,
+    last_text_heartbeat: Option<TextHeartbeatView>,
+}
+
+/// JSON shape of a leg's latest text heartbeat.
+#[derive(Debug, Serialize)]
+pub struct TextHeartbeatView {
+    /// `answered`, `injected` or `absorbed`.
+    kind: &'static str,
+    seconds_ago: f64,
 }
 
 /// The table of live sessions.
@@ -225,5 +261,26 @@ mod tests {
         assert_eq!(v.client.bytes_received, 42);
         assert!(v.client.last_frame_received_seconds_ago.is_some());
         assert_eq!(v.upstream.last_frame_received_seconds_ago, None);
+        assert!(v.client.last_text_heartbeat.is_none());
+    }
+
+    #[test]
+    fn latest_text_heartbeat_per_leg_shows_up_in_the_view() {
+        let s = Arc::new(Sessions::default());
+        let reg = s.register(addr(), "/".into());
+        let info = reg.info();
+        let now = Instant::now();
+        info.on_text_heartbeat(Side::Client, TextKind::Answered, now);
+        info.on_text_heartbeat(Side::Client, TextKind::Injected, now);
+        info.on_text_heartbeat(Side::Upstream, TextKind::Absorbed, now);
+        let v = &s.list(10)[0];
+        let json = serde_json::to_value(v).expect("json");
+        assert_eq!(json["client"]["last_text_heartbeat"]["kind"], "injected");
+        assert_eq!(json["upstream"]["last_text_heartbeat"]["kind"], "absorbed");
+        assert!(
+            json["client"]["last_text_heartbeat"]["seconds_ago"]
+                .as_f64()
+                .is_some()
+        );
     }
 }

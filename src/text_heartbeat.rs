@@ -43,6 +43,37 @@ use tokio::time::Instant;
 /// longer without looking at the payload.
 pub const MAX_TEXT_LEN: usize = 125;
 
+/// What wsbeat did with a text heartbeat: the `kind` label of `wsbeat_text_heartbeats_total`
+/// and the `kind` of the last one in `/connections`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextKind {
+    /// A client's text ping answered by wsbeat.
+    Answered,
+    /// A keep-alive or text ping sent by wsbeat on its own.
+    Injected,
+    /// An upstream's answer to a text ping, not relayed to the client.
+    Absorbed,
+}
+
+impl TextKind {
+    /// Every kind, in label order.
+    pub const ALL: [TextKind; 3] = [TextKind::Answered, TextKind::Injected, TextKind::Absorbed];
+
+    /// Metric label and JSON value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TextKind::Answered => "answered",
+            TextKind::Injected => "injected",
+            TextKind::Absorbed => "absorbed",
+        }
+    }
+
+    /// Index for per-kind arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// A message wsbeat sends on its own, every `interval` of silence toward that leg.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Periodic {
