@@ -47,6 +47,13 @@ fn main() -> ExitCode {
         return ExitCode::from(EX_USAGE);
     }
     info!(config = %config.log_summary(), "effective configuration");
+    if let Some(text) = config.relay.text.log_summary() {
+        info!(
+            text_heartbeats = %text,
+            "text heartbeats on; where a session negotiates permessage-deflate, a compressed \
+             text ping cannot be recognised and is relayed to the upstream unanswered"
+        );
+    }
     for warning in config.warnings() {
         warn!("{warning}");
     }

@@ -15,6 +15,11 @@
 //! ours, and never forwards a ping or a pong. Data and close frames are relayed frame by frame.
 //! Our control frames go into a leg's stream only at a frame boundary.
 //!
+//! Text heartbeats ([`crate::text_heartbeat`], off unless configured): the pump recognises a
+//! configured text ping or pong; the answers, keep-alives and text pings we send are data
+//! messages, so they wait in the leg until the stream into it is between messages (RFC 6455
+//! 5.4), and then go before anything relayed later.
+//!
 //! When a leg dies (pong timeout, or TCP ends without a close frame) it is dropped at once and the
 //! survivor gets a close frame ([`leg::CloseFrame::for_survivor`] decides which).
 //!
@@ -53,8 +58,9 @@ use crate::metrics::{Metrics, Shard, Tally};
 use crate::outcome::{CloseReason, Initiator, Outcome};
 use crate::sessions::SessionInfo;
 use crate::shutdown::DrainWatcher;
+use crate::text_heartbeat::{TextHeartbeatConfig, TextKind, TextTimer};
 use leg::{CloseFrame, Failure, LegState};
-use pump::{Pump, Violation};
+use pump::{Pump, TextRule, Violation};
 use timers::{Timer, TimerTable, on_grid, timer_grid};
 
 /// Control bytes queued for one leg beyond which we stop reading its pings: a peer that floods
@@ -123,6 +129,80 @@ struct Shared<'a> {
     received: &'a mut [u64; 2],
     outcome: &'a mut Option<Outcome>,
     closing: &'a mut bool,
+    text: Option<&'a mut TextSession>,
+}
+
+/// A session's text heartbeats (see [`crate::text_heartbeat`]).
+struct TextSession {
+    cfg: Arc<TextHeartbeatConfig>,
+    /// When the client is due a keep-alive.
+    keepalive: Option<TextTimer>,
+    /// When the upstream is due a text ping.
+    upstream_ping: Option<TextTimer>,
+    /// Upstream answers we are owed (text pings sent or forwarded), so may absorb.
+    owed: u32,
+    /// [`Pump::relayed_end`] of the pumps into the client and into the upstream when last
+    /// looked at: a change means a message went toward that leg.
+    relayed: [u64; 2],
+}
+
+impl TextSession {
+    /// Sets up the timers and the pumps' matching, or returns `None` when text heartbeats are
+    /// off (then the relay looks at nothing text-related).
+    fn new(
+        cfg: &Arc<TextHeartbeatConfig>,
+        c2u: &mut Pump,
+        u2c: &mut Pump,
+        now: Instant,
+    ) -> Option<Self> {
+        if !cfg.is_active() {
+            return None;
+        }
+        c2u.set_text_rule(cfg.client_matcher().map(|matcher| TextRule {
+            matcher,
+            cut: !cfg.forward_pings,
+        }));
+        u2c.set_text_rule(cfg.upstream_matcher().map(|matcher| TextRule {
+            matcher,
+            cut: false,
+        }));
+        let timer = |p: &Option<crate::text_heartbeat::Periodic>| {
+            p.as_ref().map(|p| TextTimer::new(p.interval, now))
+        };
+        Some(TextSession {
+            keepalive: timer(&cfg.client_keepalive),
+            upstream_ping: timer(&cfg.upstream_ping),
+            cfg: Arc::clone(cfg),
+            owed: 0,
+            relayed: [0; 2],
+        })
+    }
+
+    /// The timer of the message injected toward `side`.
+    fn timer(&mut self, side: Side) -> Option<&mut TextTimer> {
+        match side {
+            Side::Client => self.keepalive.as_mut(),
+            Side::Upstream => self.upstream_ping.as_mut(),
+        }
+    }
+
+    /// Tells the timers about messages relayed toward each leg since the last look; the clock
+    /// is read (through `now`) only when something was.
+    fn note_relayed(&mut self, into: [&Pump; 2], now: &mut impl FnMut() -> Instant) {
+        let ends = into.map(Pump::relayed_end);
+        if ends == self.relayed {
+            return;
+        }
+        let t = now();
+        for side in Side::ALL {
+            if ends[side.index()] != self.relayed[side.index()]
+                && let Some(timer) = self.timer(side)
+            {
+                timer.on_sent(t);
+            }
+        }
+        self.relayed = ends;
+    }
 }
 
 struct Session<C, U> {
@@ -151,6 +231,8 @@ struct Session<C, U> {
     /// This thread's shard of the per-frame counters, where `tally` is flushed.
     shard: Arc<Shard>,
     received: [u64; 2],
+    /// `None` when text heartbeats are off.
+    text: Option<TextSession>,
 }
 
 impl<C, U> Session<C, U>
@@ -167,9 +249,15 @@ where
             extensions,
         } = ctx;
         let now = Instant::now();
-        let c2u = Pump::new(client.read_ahead, !extensions, cfg.upstream_masking);
+        let mut c2u = Pump::new(client.read_ahead, !extensions, cfg.upstream_masking);
         // Upstream frames are never masked, so the masking setting does not apply to them.
-        let u2c = Pump::new(upstream.read_ahead, !extensions, cfg.upstream_masking);
+        let mut u2c = Pump::new(upstream.read_ahead, !extensions, cfg.upstream_masking);
+        let text = TextSession::new(&cfg.text, &mut c2u, &mut u2c, now);
+        if text.is_some() && extensions {
+            tracing::debug!(
+                "extension negotiated: compressed text pings cannot be recognised and are relayed"
+            );
+        }
         let client = Leg {
             io: Some(client.io),
             st: LegState::new(Side::Client, cfg.client, now),
@@ -183,6 +271,16 @@ where
         for leg in [&client.st, &upstream.st] {
             let at = on_grid(leg.hb.poll_timeout(), grid);
             timers.set(Timer::heartbeat(leg.side()), at);
+        }
+        if let Some(text) = &text {
+            for (side, timer) in [
+                (Side::Client, &text.keepalive),
+                (Side::Upstream, &text.upstream_ping),
+            ] {
+                if let Some(t) = timer {
+                    timers.set(Timer::text(side), on_grid(t.poll_timeout(), grid));
+                }
+            }
         }
         let first = timers.next().unwrap_or(now);
         Session {
@@ -205,6 +303,7 @@ where
             info,
             tally: Tally::default(),
             received: [0; 2],
+            text,
         }
     }
 
@@ -251,14 +350,20 @@ where
         if self.tally.is_dirty() {
             self.shard.flush(&mut self.tally);
         }
+        // At most one clock reading per wake-up, shared by all that need one.
+        let mut clock = None;
+        let mut now = || *clock.get_or_insert_with(Instant::now);
         if self.received != [0; 2] {
-            let now = Instant::now();
+            let now = now();
             for side in Side::ALL {
                 let bytes = std::mem::take(&mut self.received[side.index()]);
                 if bytes > 0 {
                     self.info.on_received(side, bytes, now);
                 }
             }
+        }
+        if let Some(text) = &mut self.text {
+            text.note_relayed([&self.u2c, &self.c2u], &mut now);
         }
     }
 
@@ -281,6 +386,7 @@ where
             received: &mut self.received,
             outcome: &mut self.outcome,
             closing: &mut self.closing,
+            text: self.text.as_mut(),
         };
         let a = direction::direction(
             &mut self.client,
@@ -427,11 +533,15 @@ where
                 if self.timers.is_expired(Timer::heartbeat(side), now) {
                     self.on_heartbeat_due(side, now);
                 }
+                if self.timers.is_expired(Timer::text(side), now) {
+                    self.on_text_due(side, now);
+                }
             }
             if self.closing {
                 // A peer timed out: the close deadline takes over from the heartbeats.
                 for side in Side::ALL {
                     self.timers.stop(Timer::heartbeat(side));
+                    self.timers.stop(Timer::text(side));
                 }
             }
             let Some(next) = self.timers.next() else {
@@ -450,6 +560,7 @@ where
         }
         for side in Side::ALL {
             self.timers.stop(Timer::heartbeat(side));
+            self.timers.stop(Timer::text(side));
         }
         let at = Instant::now() + self.cfg.close_timeout;
         self.timers.set(Timer::Close, at);
@@ -489,6 +600,41 @@ where
         }
         let at = on_grid(leg.hb.poll_timeout(), timer_grid(&self.cfg));
         self.timers.set(timer, at);
+    }
+
+    /// Sends `side` its injected text message (keep-alive or text ping) if it has been quiet
+    /// for the interval; it waits in the leg for a message boundary, and one waiting is
+    /// enough. Re-arms the timer for the new deadline.
+    fn on_text_due(&mut self, side: Side, now: Instant) {
+        let timer = Timer::text(side);
+        let leg = match side {
+            Side::Client => &mut self.client.st,
+            Side::Upstream => &mut self.upstream.st,
+        };
+        let Some(text) = self.text.as_mut().filter(|_| !leg.is_dropped()) else {
+            self.timers.stop(timer);
+            return;
+        };
+        let Some(t) = text.timer(side) else {
+            self.timers.stop(timer);
+            return;
+        };
+        let due = t.handle_timeout(now);
+        let next = t.poll_timeout();
+        let cfg = &text.cfg;
+        let message = match side {
+            Side::Client => cfg.client_keepalive.as_ref(),
+            Side::Upstream => cfg.upstream_ping.as_ref(),
+        };
+        if let Some(message) = message.filter(|_| due && !leg.text_waiting()) {
+            leg.queue_text(&message.text);
+            if side == Side::Upstream && cfg.upstream_pong.is_some() {
+                text.owed = text.owed.saturating_add(1);
+            }
+            self.metrics.text_heartbeat(side, TextKind::Injected);
+            self.info.on_text_heartbeat(side, TextKind::Injected, now);
+        }
+        self.timers.set(timer, on_grid(next, timer_grid(&self.cfg)));
     }
 
     fn on_peer_timeout(&mut self, side: Side) {

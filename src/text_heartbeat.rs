@@ -119,6 +119,30 @@ impl TextHeartbeatConfig {
         TextMatcher::new(self.upstream_pong.as_slice())
     }
 
+    /// The settings on one line for the start-up log, or `None` when all is off.
+    pub fn log_summary(&self) -> Option<String> {
+        if !self.is_active() {
+            return None;
+        }
+        let text = |b: &Bytes| format!("{:?}", String::from_utf8_lossy(b));
+        let periodic = |p: &Option<Periodic>| {
+            p.as_ref().map_or("off".to_owned(), |p| {
+                format!("{} every {:?}", text(&p.text), p.interval)
+            })
+        };
+        let pings: Vec<String> = self.client_pings.iter().map(text).collect();
+        Some(format!(
+            "client_text_pings=[{}] client_text_pong={} forward_text_pings={} \
+             client_keepalive={} upstream_text_ping={} upstream_text_pong={}",
+            pings.join(","),
+            text(&self.client_pong),
+            self.forward_pings,
+            periodic(&self.client_keepalive),
+            periodic(&self.upstream_ping),
+            self.upstream_pong.as_ref().map_or("off".to_owned(), text),
+        ))
+    }
+
     /// The shortest interval of the injected messages, for the relay's timer grid.
     pub fn shortest_interval(&self) -> Option<Duration> {
         [&self.client_keepalive, &self.upstream_ping]

@@ -16,6 +16,7 @@ use crate::Side;
 use crate::frame;
 use crate::heartbeat::PongMatch;
 use crate::outcome::CloseReason;
+use crate::text_heartbeat::TextKind;
 
 /// One round of the direction `src → dst`: write what is pending to `dst`, read from `src`,
 /// parse. Returns whether anything moved.
@@ -86,6 +87,9 @@ where
             return Ok(true);
         }
         queue_close_when_drained(&mut dst.st, pump);
+        if dst.st.text_waiting() && pump.between_messages() {
+            dst.st.release_text();
+        }
         match write_once(io, &mut dst.st, pump, cx) {
             Poll::Ready(Ok(true)) => progress = true,
             Poll::Ready(Ok(false)) => break,
@@ -122,9 +126,11 @@ where
 {
     let to_boundary = pump.out_until_boundary();
     let ctrl_waiting = !leg.pending_ctrl().is_empty();
-    let ctrl_first = ctrl_waiting && to_boundary == 0;
+    // A message of ours went into the queue when nothing relayed was waiting, so everything
+    // relayed since comes after it.
+    let ctrl_first = ctrl_waiting && (to_boundary == 0 || leg.ctrl_holds_data());
     let mut data = pump.output();
-    if ctrl_waiting && to_boundary > 0 {
+    if ctrl_waiting && !ctrl_first {
         data = &data[..data
             .len()
             .min(usize::try_from(to_boundary).unwrap_or(usize::MAX))];
@@ -167,7 +173,7 @@ fn poll_read_in<A>(src: &mut Leg<A>, pump: &mut Pump, cx: &mut Context<'_>) -> R
 where
     A: AsyncRead + Unpin,
 {
-    if !src.st.reads() || src.st.read_parked || src.st.pending_ctrl().len() >= CTRL_QUEUE_LIMIT {
+    if !src.st.reads() || src.st.read_parked || src.st.queued_bytes() >= CTRL_QUEUE_LIMIT {
         return Ok(Read::Nothing);
     }
     if pump.fill_from_prefix() {
@@ -215,6 +221,12 @@ fn read_ended(src: &mut LegState, pump: &mut Pump) -> Result<Read, Event> {
 fn parse_input(src: &mut LegState, pump: &mut Pump, shared: &mut Shared<'_>) -> Result<(), Event> {
     let side = src.side();
     let masked = side == Side::Client;
+    if side == Side::Upstream
+        && let Some(text) = shared.text.as_deref()
+    {
+        // Absorb an upstream answer only while one is owed.
+        pump.set_text_cut(text.owed > 0);
+    }
     loop {
         let tally = &mut *shared.tally;
         let parsed = pump
@@ -225,8 +237,46 @@ fn parse_input(src: &mut LegState, pump: &mut Pump, shared: &mut Shared<'_>) -> 
         match parsed {
             Parsed::NeedInput => return Ok(()),
             Parsed::Control(c) => on_control(side, c, src, shared),
+            Parsed::Text { relayed } => on_text(side, relayed, src, pump, shared),
         }
     }
+}
+
+/// A text heartbeat matched: a client's ping is answered (and owed an upstream answer when it
+/// went on); an upstream's answer that was cut is absorbed.
+fn on_text(
+    side: Side,
+    relayed: bool,
+    src: &mut LegState,
+    pump: &mut Pump,
+    shared: &mut Shared<'_>,
+) {
+    let Some(text) = shared.text.as_deref_mut() else {
+        return;
+    };
+    let now = Instant::now();
+    let kind = match side {
+        Side::Client => {
+            src.queue_text(&text.cfg.client_pong);
+            // Our answer is a message to the client too: no keep-alive is needed meanwhile.
+            if let Some(keepalive) = &mut text.keepalive {
+                keepalive.on_sent(now);
+            }
+            if relayed && text.cfg.upstream_pong.is_some() {
+                text.owed = text.owed.saturating_add(1);
+            }
+            TextKind::Answered
+        }
+        Side::Upstream if !relayed => {
+            text.owed = text.owed.saturating_sub(1);
+            pump.set_text_cut(text.owed > 0);
+            TextKind::Absorbed
+        }
+        // Equal to the pong text, but nothing was owed: relayed like any message.
+        Side::Upstream => return,
+    };
+    shared.metrics.text_heartbeat(side, kind);
+    shared.info.on_text_heartbeat(side, kind, now);
 }
 
 /// Answers a ping, matches a pong, or records a close (which the pump already relayed when it

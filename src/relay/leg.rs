@@ -96,6 +96,10 @@ pub(crate) struct LegState {
     pub(crate) hb: Heartbeat,
     /// Encoded pings, pongs and our close, waiting to be written to this leg.
     ctrl: ControlQueue,
+    /// Encoded text messages of ours (answers to text pings, keep-alives, text pings) waiting
+    /// until the stream into this leg is between messages: RFC 6455 5.4 allows only control
+    /// frames inside a fragmented message.
+    text_out: Vec<u8>,
     /// A read (write) returned `Pending` during this wake-up, so the waker is registered: do not
     /// poll that direction again until the next wake-up (each pending poll costs a
     /// registration). Both combinations are real, so these stay two flags.
@@ -113,6 +117,7 @@ impl LegState {
             },
             hb: Heartbeat::new(cfg, now),
             ctrl: ControlQueue::default(),
+            text_out: Vec::new(),
             read_parked: false,
             write_parked: false,
         }
@@ -157,6 +162,7 @@ impl LegState {
     pub(crate) fn drop_link(&mut self) {
         self.link = Link::Dropped;
         self.ctrl = ControlQueue::default();
+        self.text_out = Vec::new();
     }
 
     fn set_inbound(&mut self, to: Inbound) {
@@ -228,6 +234,44 @@ impl LegState {
         frame::encode_frame(&mut self.ctrl.bytes, true, opcode, payload, mask);
     }
 
+    /// Queues a text message of ours; it waits for a message boundary (see
+    /// [`LegState::release_text`]).
+    pub(crate) fn queue_text(&mut self, text: &[u8]) {
+        if self.outbound() != Some(Outbound::Open) {
+            return;
+        }
+        let mask = self.mask();
+        frame::encode_frame(&mut self.text_out, true, frame::OP_TEXT, text, mask);
+    }
+
+    /// Whether a text message of ours is still waiting for a message boundary.
+    pub(crate) fn text_waiting(&self) -> bool {
+        !self.text_out.is_empty()
+    }
+
+    /// Moves the waiting text messages into the control queue. The caller knows that the
+    /// stream into the leg is between messages and that nothing relayed is waiting, so all that
+    /// is relayed later goes after them: the control queue then goes first even at a frame
+    /// boundary inside a message (see [`LegState::ctrl_holds_data`]).
+    pub(crate) fn release_text(&mut self) {
+        if self.text_out.is_empty() || self.outbound() != Some(Outbound::Open) {
+            return;
+        }
+        self.ctrl.bytes.append(&mut self.text_out);
+        self.ctrl.has_data = true;
+    }
+
+    /// The control queue holds a data message of ours, which must be written before any
+    /// relayed output.
+    pub(crate) fn ctrl_holds_data(&self) -> bool {
+        self.ctrl.has_data
+    }
+
+    /// Bytes of ours waiting for the leg: what throttles reading its pings.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.ctrl.pending().len() + self.text_out.len()
+    }
+
     /// Control bytes not yet written.
     pub(crate) fn pending_ctrl(&self) -> &[u8] {
         self.ctrl.pending()
@@ -246,6 +290,8 @@ impl LegState {
 struct ControlQueue {
     bytes: Vec<u8>,
     pos: usize,
+    /// A data message of ours is among the bytes (until the queue empties).
+    has_data: bool,
 }
 
 impl ControlQueue {
@@ -261,6 +307,7 @@ impl ControlQueue {
         }
         self.bytes.clear();
         self.pos = 0;
+        self.has_data = false;
         if self.bytes.capacity() > 2 * frame::MAX_CONTROL_FRAME {
             self.bytes = Vec::new();
         }
@@ -310,6 +357,29 @@ mod tests {
         assert!(!l.done(), "its close has not arrived yet");
         l.on_close_received();
         assert!(l.done());
+    }
+
+    #[test]
+    fn text_waits_for_release_and_nothing_of_ours_follows_a_decided_close() {
+        let mut l = leg(Side::Upstream);
+        l.queue_text(b"hb");
+        assert!(l.text_waiting() && l.pending_ctrl().is_empty());
+        l.release_text();
+        assert!(l.ctrl_holds_data() && !l.text_waiting());
+        let n = l.pending_ctrl().len();
+        assert_eq!(n, 2 + 4 + 2, "a masked text frame toward the upstream");
+        l.ctrl_written(n);
+        assert!(!l.ctrl_holds_data());
+        l.queue_text(b"late");
+        l.owe_close(CloseFrame::for_survivor(Side::Client, Failure::Lost));
+        l.release_text();
+        assert!(
+            l.pending_ctrl().is_empty(),
+            "no message after a decided close"
+        );
+        l.queue_text(b"later");
+        l.queue_owed_close();
+        assert!(!l.ctrl_holds_data());
     }
 
     #[test]

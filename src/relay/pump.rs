@@ -14,6 +14,7 @@ use bytes::Bytes;
 use super::pool;
 use crate::config::UpstreamMasking;
 use crate::frame::{self, Header, MAX_CONTROL_PAYLOAD};
+use crate::text_heartbeat::{MAX_TEXT_LEN, TextMatcher};
 
 /// What the pump does with the frames it parses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +67,32 @@ pub(crate) enum Parsed {
     NeedInput,
     /// A ping, pong or close frame was handled; call again to continue.
     Control(Control),
+    /// A text message matched the direction's [`TextRule`]: it was cut out of the stream, or
+    /// relayed when the rule says so. Call again to continue.
+    Text {
+        /// It went on to the destination.
+        relayed: bool,
+    },
+}
+
+/// Which text messages of a direction are text heartbeats, and whether they are relayed.
+#[derive(Clone, Debug)]
+pub(crate) struct TextRule {
+    /// The texts that match.
+    pub(crate) matcher: TextMatcher,
+    /// Cut a match out of the stream (answered or absorbed by wsbeat) instead of relaying it.
+    /// The session may change this between matches.
+    pub(crate) cut: bool,
+}
+
+/// Whether the frame at the parse position is a text heartbeat.
+enum Candidate {
+    /// No: it goes the usual way.
+    No,
+    /// It could be, but is not wholly buffered yet (at most 131 bytes).
+    Incomplete,
+    /// A match; the result for [`Parsed::Text`].
+    Match { relayed: bool },
 }
 
 /// State of one direction.
@@ -102,6 +129,11 @@ pub(crate) struct Pump {
     strict: bool,
     /// Whether masked input gets a fresh key or keeps its own (only client input is masked).
     masking: UpstreamMasking,
+    /// The latest data frame relayed did not end its message (RFC 6455 5.4): a message of our
+    /// own may not be put into the destination's stream now.
+    mid_message: bool,
+    /// Text heartbeats to look for; `None` (the default) skips the check entirely.
+    text: Option<TextRule>,
 }
 
 impl Pump {
@@ -133,6 +165,8 @@ impl Pump {
             stalled: false,
             strict,
             masking,
+            mid_message: false,
+            text: None,
         }
     }
 
@@ -154,6 +188,18 @@ impl Pump {
     /// Nothing more will be relayed: the destination may be sent our own close once drained.
     pub(crate) fn relays_nothing(&self) -> bool {
         self.mode == Mode::Discard
+    }
+
+    /// Looks for text heartbeats as `rule` says (`None`: not at all).
+    pub(crate) fn set_text_rule(&mut self, rule: Option<TextRule>) {
+        self.text = rule;
+    }
+
+    /// Whether a text heartbeat that matches is cut out of the stream (else relayed).
+    pub(crate) fn set_text_cut(&mut self, cut: bool) {
+        if let Some(rule) = &mut self.text {
+            rule.cut = cut;
+        }
     }
 
     /// Processed bytes waiting for the destination.
@@ -180,6 +226,19 @@ impl Pump {
     /// True when everything relayed so far is written and the output sits at a frame boundary.
     pub(crate) fn is_drained(&self) -> bool {
         self.wpos == self.ppos && self.out_until_boundary() == 0
+    }
+
+    /// True when a data message of our own may be written to the destination now: everything
+    /// relayed so far is written, ends at a frame boundary and finished its message, and the
+    /// pump still relays (nothing of ours goes after a relayed close).
+    pub(crate) fn between_messages(&self) -> bool {
+        self.mode == Mode::Forward && !self.mid_message && self.is_drained()
+    }
+
+    /// Stream offset of the end of the latest relayed frame: when it moves, something was
+    /// relayed toward the destination.
+    pub(crate) fn relayed_end(&self) -> u64 {
+        self.last_end
     }
 
     /// Stops relaying at the next input frame boundary.
@@ -305,6 +364,13 @@ impl Pump {
             if self.mode == Mode::Draining {
                 self.mode = Mode::Discard;
             }
+            if self.text.is_some() {
+                match self.text_candidate(masked_input, &mut on_data) {
+                    Candidate::No => {}
+                    Candidate::Incomplete => return Ok(Parsed::NeedInput),
+                    Candidate::Match { relayed } => return Ok(Parsed::Text { relayed }),
+                }
+            }
             if let Some((opcode, fin, len)) = self.relay_small_data_frame(masked_input, max_frame) {
                 on_data(opcode, fin, len);
                 continue;
@@ -349,8 +415,65 @@ impl Pump {
                 return Err(Violation::TooBig);
             }
             self.start_frame(&h, self.mode == Mode::Forward);
+            if !h.is_control() {
+                self.mid_message = !h.fin;
+            }
             on_data(h.opcode, h.fin, h.frame_len());
         }
+    }
+
+    /// Checks the frame at the parse position against the [`TextRule`]. Only a complete,
+    /// unfragmented, uncompressed text frame with a 7-bit length, while relaying and between
+    /// messages, can match; everything else is `No` after a look at its first two bytes.
+    fn text_candidate(
+        &mut self,
+        masked_input: bool,
+        on_data: &mut impl FnMut(u8, bool, u64),
+    ) -> Candidate {
+        let (Some(buf), Some(rule)) = (&self.buf, &self.text) else {
+            return Candidate::No;
+        };
+        let cut = rule.cut;
+        let input = &buf[self.ppos..self.end];
+        let [b0, b1, ..] = *input else {
+            return Candidate::No;
+        };
+        let len = usize::from(b1 & 0x7F);
+        // FIN set, no RSV bits (a compressed message has RSV1), opcode text, masking as
+        // expected (anything else is a violation the usual path reports).
+        if self.mode != Mode::Forward
+            || self.mid_message
+            || b0 != 0x80 | frame::OP_TEXT
+            || (b1 & 0x80 != 0) != masked_input
+            || len > MAX_TEXT_LEN
+            || !rule.matcher.may_match(len)
+        {
+            return Candidate::No;
+        }
+        let header = if masked_input { 6 } else { 2 };
+        let Some(whole) = input.get(..header + len) else {
+            return Candidate::Incomplete;
+        };
+        let mut payload = [0u8; MAX_TEXT_LEN];
+        let payload = &mut payload[..len];
+        payload.copy_from_slice(&whole[header..]);
+        if masked_input {
+            frame::apply_mask(payload, [whole[2], whole[3], whole[4], whole[5]], 0);
+        }
+        if !rule.matcher.matches(payload) {
+            return Candidate::No;
+        }
+        let frame_len = (header + len) as u64;
+        on_data(frame::OP_TEXT, true, frame_len);
+        if cut {
+            self.cut(header + len);
+            return Candidate::Match { relayed: false };
+        }
+        // Relayed like any small frame: the fast path takes it as it is.
+        let relayed = self
+            .relay_small_data_frame(masked_input, u64::MAX)
+            .is_some();
+        Candidate::Match { relayed }
     }
 
     /// The fast path for the most common frame: a data frame with a 7-bit length, no RSV bits
@@ -395,6 +518,7 @@ impl Pump {
         self.last_start = self.written + (self.ppos - self.wpos) as u64;
         self.last_end = self.last_start + len as u64;
         self.ppos += len;
+        self.mid_message = b0 & 0x80 == 0;
         Some((opcode, b0 & 0x80 != 0, len as u64))
     }
 
@@ -564,6 +688,7 @@ mod tests {
                 Parsed::Control(Control::Close { code, forwarded }) => {
                     seen.push(format!("close {code:?} {forwarded}"))
                 }
+                Parsed::Text { relayed } => seen.push(format!("text heartbeat {relayed}")),
             }
         }
     }
@@ -742,6 +867,101 @@ mod tests {
                 assert!(p.is_drained());
             }
         }
+    }
+
+    fn ping_rule(cut: bool) -> Option<TextRule> {
+        let matcher = TextMatcher::new(&[Bytes::from_static(b"ping")]).expect("texts");
+        Some(TextRule { matcher, cut })
+    }
+
+    /// A text ping is recognised however the reads cut it, is cut out of the stream, and the
+    /// frames around it are relayed as they were.
+    #[test]
+    fn text_ping_is_recognised_across_reads_and_cut() {
+        let mut input = Vec::new();
+        encode_frame(&mut input, true, OP_TEXT, b"before", Some([1, 2, 3, 4]));
+        encode_frame(&mut input, true, OP_TEXT, b"ping", Some([5, 6, 7, 8]));
+        encode_frame(&mut input, true, OP_TEXT, b"after", Some([9, 9, 9, 9]));
+        for read in [1, 3, 7, input.len()] {
+            let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
+            p.text = ping_rule(true);
+            let (mut seen, mut relayed) = (Vec::new(), Vec::new());
+            for chunk in input.chunks(read) {
+                feed(&mut p, chunk);
+                seen.extend(parse_all(&mut p, true));
+                relayed.extend(drain_output(&mut p));
+            }
+            assert_eq!(
+                seen.iter()
+                    .filter(|s| s.starts_with("text heartbeat"))
+                    .count(),
+                1,
+                "reads of {read}: {seen:?}"
+            );
+            assert!(seen.contains(&"text heartbeat false".to_string()));
+            let payloads: Vec<Vec<u8>> = frames(&relayed).into_iter().map(|f| f.2).collect();
+            assert_eq!(
+                payloads,
+                [b"before".to_vec(), b"after".to_vec()],
+                "reads of {read}"
+            );
+            assert!(p.between_messages());
+        }
+    }
+
+    /// Near misses go the usual way: a longer text, a fragmented `ping`, a binary `ping`,
+    /// and a `ping` with RSV1 (compressed) under an extension.
+    #[test]
+    fn only_whole_uncompressed_text_frames_are_candidates() {
+        let mut input = Vec::new();
+        encode_frame(&mut input, true, OP_TEXT, b"pings", None);
+        encode_frame(&mut input, false, OP_TEXT, b"pi", None);
+        encode_frame(&mut input, true, frame::OP_CONTINUATION, b"ng", None);
+        encode_frame(&mut input, true, OP_BINARY, b"ping", None);
+        let start = input.len();
+        encode_frame(&mut input, true, OP_TEXT, b"ping", None);
+        input[start] |= 0x40;
+        let mut p = Pump::new(Bytes::new(), false, UpstreamMasking::Fresh);
+        p.text = ping_rule(true);
+        feed(&mut p, &input);
+        let seen = parse_all(&mut p, false);
+        assert!(!seen.iter().any(|s| s.starts_with("text")), "{seen:?}");
+        assert_eq!(drain_output(&mut p), input, "relayed byte for byte");
+    }
+
+    /// With `cut: false` (forwarded pings) the match is reported and relayed like any frame.
+    #[test]
+    fn forwarded_text_ping_is_reported_and_relayed() {
+        let mut input = Vec::new();
+        encode_frame(&mut input, true, OP_TEXT, b"ping", None);
+        let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
+        p.text = ping_rule(false);
+        feed(&mut p, &input);
+        assert_eq!(
+            parse_all(&mut p, false),
+            ["data 1 true 6", "text heartbeat true"]
+        );
+        assert_eq!(drain_output(&mut p), input);
+    }
+
+    /// Inside a fragmented message the stream is not between messages, even when drained.
+    #[test]
+    fn between_messages_follows_fin_of_the_latest_data_frame() {
+        let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
+        assert!(p.between_messages());
+        let mut first = Vec::new();
+        encode_frame(&mut first, false, OP_TEXT, b"one", None);
+        feed(&mut p, &first);
+        parse_all(&mut p, false);
+        drain_output(&mut p);
+        assert!(p.is_drained());
+        assert!(!p.between_messages(), "mid-message");
+        let mut last = Vec::new();
+        encode_frame(&mut last, true, frame::OP_CONTINUATION, &[7u8; 300], None);
+        feed(&mut p, &last);
+        parse_all(&mut p, false);
+        drain_output(&mut p);
+        assert!(p.between_messages());
     }
 
     #[test]

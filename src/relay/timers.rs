@@ -29,16 +29,31 @@ pub(crate) enum Timer {
     UpstreamHeartbeat,
     /// The close handshake must be over by then, or both legs are dropped.
     Close,
+    /// The client is due a keep-alive text message (`--client-keepalive-*`).
+    ClientKeepalive,
+    /// The upstream is due a text ping (`--upstream-text-ping*`).
+    UpstreamTextPing,
 }
 
 impl Timer {
-    const COUNT: usize = 3;
+    const COUNT: usize = 5;
 
     /// The heartbeat timer of `side`.
     pub(crate) fn heartbeat(side: Side) -> Timer {
         match side {
             Side::Client => Timer::ClientHeartbeat,
             Side::Upstream => Timer::UpstreamHeartbeat,
+        }
+    }
+}
+
+impl Timer {
+    /// The text-heartbeat timer of `side`: the keep-alive toward the client, the text ping
+    /// toward the upstream.
+    pub(crate) fn text(side: Side) -> Timer {
+        match side {
+            Side::Client => Timer::ClientKeepalive,
+            Side::Upstream => Timer::UpstreamTextPing,
         }
     }
 }
@@ -79,6 +94,7 @@ pub(crate) fn timer_grid(cfg: &RelayConfig) -> Duration {
     [cfg.client, cfg.upstream]
         .iter()
         .flat_map(|hb| [hb.interval, hb.timeout])
+        .chain(cfg.text.shortest_interval())
         .filter(|d| !d.is_zero())
         .min()
         .map_or(TIMER_GRID_MAX, |d| d / TIMER_GRID_DIVISOR)
