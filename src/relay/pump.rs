@@ -91,8 +91,8 @@ enum Candidate {
     No,
     /// It could be, but is not wholly buffered yet (at most 131 bytes).
     Incomplete,
-    /// A match; the result for [`Parsed::Text`].
-    Match { relayed: bool },
+    /// A match, cut out of the stream or relayed as the rule says.
+    Match { cut: bool },
 }
 
 /// State of one direction.
@@ -364,13 +364,6 @@ impl Pump {
             if self.mode == Mode::Draining {
                 self.mode = Mode::Discard;
             }
-            if self.text.is_some() {
-                match self.text_candidate(masked_input, &mut on_data) {
-                    Candidate::No => {}
-                    Candidate::Incomplete => return Ok(Parsed::NeedInput),
-                    Candidate::Match { relayed } => return Ok(Parsed::Text { relayed }),
-                }
-            }
             if let Some((opcode, fin, len)) = self.relay_small_data_frame(masked_input, max_frame) {
                 on_data(opcode, fin, len);
                 continue;
@@ -414,66 +407,66 @@ impl Pump {
             } else if h.payload_len > max_frame {
                 return Err(Violation::TooBig);
             }
+            let text = match &self.text {
+                Some(rule) => self.text_candidate(rule, &h, masked_input),
+                None => Candidate::No,
+            };
+            match text {
+                Candidate::No => {}
+                Candidate::Incomplete => return Ok(Parsed::NeedInput),
+                Candidate::Match { cut: true } => {
+                    on_data(h.opcode, h.fin, h.frame_len());
+                    self.cut(h.frame_len() as usize);
+                    return Ok(Parsed::Text { relayed: false });
+                }
+                Candidate::Match { cut: false } => {}
+            }
             self.start_frame(&h, self.mode == Mode::Forward);
             if !h.is_control() {
                 self.mid_message = !h.fin;
             }
             on_data(h.opcode, h.fin, h.frame_len());
+            if let Candidate::Match { cut: false } = text {
+                return Ok(Parsed::Text { relayed: true });
+            }
         }
     }
 
-    /// Checks the frame at the parse position against the [`TextRule`]. Only a complete,
-    /// unfragmented, uncompressed text frame with a 7-bit length, while relaying and between
-    /// messages, can match; everything else is `No` after a look at its first two bytes.
-    fn text_candidate(
-        &mut self,
-        masked_input: bool,
-        on_data: &mut impl FnMut(u8, bool, u64),
-    ) -> Candidate {
-        let (Some(buf), Some(rule)) = (&self.buf, &self.text) else {
-            return Candidate::No;
-        };
-        let cut = rule.cut;
-        let input = &buf[self.ppos..self.end];
-        let [b0, b1, ..] = *input else {
-            return Candidate::No;
-        };
-        let len = usize::from(b1 & 0x7F);
-        // FIN set, no RSV bits (a compressed message has RSV1), opcode text, masking as
-        // expected (anything else is a violation the usual path reports).
+    /// Checks the frame whose header `h` is at the parse position against `rule`. Only a
+    /// complete, unfragmented, uncompressed text frame with a 7-bit length, while relaying and
+    /// between messages, can match. The fast path sends here only text frames whose length is
+    /// that of a configured text, so other traffic never pays for this.
+    #[cold]
+    #[inline(never)]
+    fn text_candidate(&self, rule: &TextRule, h: &Header, masked_input: bool) -> Candidate {
+        let len = h.payload_len as usize;
         if self.mode != Mode::Forward
             || self.mid_message
-            || b0 != 0x80 | frame::OP_TEXT
-            || (b1 & 0x80 != 0) != masked_input
-            || len > MAX_TEXT_LEN
+            || h.opcode != frame::OP_TEXT
+            || !h.fin
+            || h.rsv != 0
             || !rule.matcher.may_match(len)
         {
             return Candidate::No;
         }
-        let header = if masked_input { 6 } else { 2 };
-        let Some(whole) = input.get(..header + len) else {
+        let Some(buf) = &self.buf else {
+            return Candidate::No;
+        };
+        let Some(whole) = buf[self.ppos..self.end].get(..h.frame_len() as usize) else {
             return Candidate::Incomplete;
         };
         let mut payload = [0u8; MAX_TEXT_LEN];
         let payload = &mut payload[..len];
-        payload.copy_from_slice(&whole[header..]);
-        if masked_input {
-            frame::apply_mask(payload, [whole[2], whole[3], whole[4], whole[5]], 0);
+        payload.copy_from_slice(&whole[h.header_len..]);
+        if let Some(key) = h.mask {
+            frame::apply_mask(payload, key, 0);
         }
-        if !rule.matcher.matches(payload) {
-            return Candidate::No;
+        debug_assert_eq!(h.mask.is_some(), masked_input);
+        if rule.matcher.matches(payload) {
+            Candidate::Match { cut: rule.cut }
+        } else {
+            Candidate::No
         }
-        let frame_len = (header + len) as u64;
-        on_data(frame::OP_TEXT, true, frame_len);
-        if cut {
-            self.cut(header + len);
-            return Candidate::Match { relayed: false };
-        }
-        // Relayed like any small frame: the fast path takes it as it is.
-        let relayed = self
-            .relay_small_data_frame(masked_input, u64::MAX)
-            .is_some();
-        Candidate::Match { relayed }
     }
 
     /// The fast path for the most common frame: a data frame with a 7-bit length, no RSV bits
@@ -502,6 +495,14 @@ impl Pump {
             || (b1 & 0x80 != 0) != masked_input
             || payload > 125
             || payload as u64 > max_frame
+        {
+            return None;
+        }
+        // A whole text message as long as a configured text heartbeat: the general path
+        // compares it. Every other frame stays here.
+        if b0 == 0x80 | frame::OP_TEXT
+            && let Some(rule) = &self.text
+            && rule.matcher.may_match(payload)
         {
             return None;
         }
