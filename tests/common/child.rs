@@ -2,7 +2,7 @@
 //! on stdout are read line by line (to learn the bound addresses and to wait for log lines), and
 //! signals are sent with the `kill` command, since the crate forbids `unsafe`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -42,6 +42,15 @@ impl WsbeatProcess {
     pub async fn start(args: &[&str]) -> WsbeatProcess {
         let mut cmd = wsbeat_command();
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+        Self::start_command(cmd, args).await
+    }
+
+    /// As [`WsbeatProcess::start`], with the client listener on `listen` port 0 (for a client
+    /// in a network namespace: the root namespace's end of its link).
+    pub async fn start_on(listen: IpAddr, args: &[&str]) -> WsbeatProcess {
+        let listen = SocketAddr::new(listen, 0).to_string();
+        let mut cmd = wsbeat_command();
+        cmd.args(["--listen", &listen, "--admin-listen", "127.0.0.1:0"]);
         Self::start_command(cmd, args).await
     }
 

@@ -1,9 +1,12 @@
 //! Shared helpers for wsbeat's integration tests: the proxy under test started in-process on
-//! port 0 (`proxy`), the binary as a child process (`child`), hand-written frame-level peers (`frame`, `raw`), library-based peers and
-//! network stand-ins (`peers`), other programs as peers (`external`: faye, Python; `browser`: headless Chromium), and bounded-wait helpers (here).
+//! port 0 (`proxy`), the binary as a child process (`child`), hand-written frame-level peers
+//! (`frame`, `raw`), library-based peers and network stand-ins (`peers`), other programs as peers
+//! (`external`: faye, Python; `browser`: headless Chromium), peers on hosts of their own
+//! (`netns`), and bounded-wait helpers (here).
 //!
-//! Rules every test follows: real sockets on 127.0.0.1 only, port 0 everywhere, every await
-//! bounded by a timeout, no sleep used as synchronisation.
+//! Rules every test follows: real sockets on 127.0.0.1 only (or inside a network namespace the
+//! test made), port 0 everywhere, every await bounded by a timeout, no sleep used as
+//! synchronisation.
 #![allow(dead_code, unused_imports)]
 
 pub mod browser;

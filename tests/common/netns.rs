@@ -1,15 +1,30 @@
-//! Network namespaces for tests that need a peer that is not loopback: two namespaces joined
-//! by a veth pair, created by the test and deleted when dropped. Traffic stays between them;
-//! nothing reaches the host's own interfaces. Needs root and `ip` (iproute2); without them a
-//! test skips, unless `WSBEAT_REQUIRE_ALL=1`.
+//! Network namespaces for tests that need a peer that is not loopback, created by the test and
+//! deleted when dropped, also when the test failed. Two shapes:
+//!
+//! - [`NetnsPair`]: two namespaces joined by a veth pair; the process under test runs in one,
+//!   its peer in the other. Traffic stays between them; nothing reaches the host's own
+//!   interfaces.
+//! - [`Netns`]: a host of its own for a peer, one namespace joined by a veth pair with a /30 of
+//!   its own to the root namespace, where wsbeat runs. The peer can vanish for real (its
+//!   packets dropped inside its namespace, no FIN, no RST) while wsbeat keeps running; each
+//!   [`Netns`] has a unique name and /30, so tests run in parallel, and traffic only ever goes
+//!   to the two addresses of that /30.
+//!
+//! Both need root and `ip` (iproute2), and [`Netns`] also `iptables`: without them a test
+//! skips, unless `WSBEAT_REQUIRE_ALL=1`.
 
-use std::net::IpAddr;
+use std::ffi::OsStr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
 
-use super::skip_or_fail;
+use super::{skip_or_fail, within};
 
 /// Two namespaces, `server` and `client`, with one veth pair between them.
 pub struct NetnsPair {
@@ -112,5 +127,243 @@ impl Drop for NetnsPair {
                 .args(["netns", "del", ns])
                 .output();
         }
+    }
+}
+
+/// The /30s are taken from 10.250.0.0/16: 16384 of them.
+const SUBNET_BASE: [u8; 2] = [10, 250];
+const SUBNETS: u32 = 1 << 14;
+
+/// Runs `program args` to completion; its stderr on failure.
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A network namespace with one veth link to the root namespace.
+pub struct Netns {
+    /// The namespace's name (`ip netns exec NAME …`).
+    pub name: String,
+    /// The root namespace's end of the link: where wsbeat listens for a peer in here.
+    pub host_ip: Ipv4Addr,
+    /// The namespace's own address: where a peer in here listens.
+    pub peer_ip: Ipv4Addr,
+}
+
+impl Netns {
+    /// Creates a namespace for `test`, or reports why it cannot (see the module doc) and
+    /// returns `None`.
+    pub fn create(test: &str) -> Option<Netns> {
+        if let Err(e) = run("iptables-restore", &["--version"]) {
+            skip_or_fail(test, &format!("iptables is not installed ({e})"));
+            return None;
+        }
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let index = (pid.wrapping_mul(64).wrapping_add(n)) % SUBNETS;
+        let [a, b] = SUBNET_BASE;
+        let (c, d) = ((index >> 6) as u8, ((index & 63) << 2) as u8);
+        let ns = Netns {
+            name: format!("wsbeat-test-{pid}-{n}"),
+            host_ip: Ipv4Addr::new(a, b, c, d + 1),
+            peer_ip: Ipv4Addr::new(a, b, c, d + 2),
+        };
+        // Interface names are limited to 15 bytes; the namespace's end can have any name.
+        let host_if = format!("wsb{pid}h{n}");
+        if let Err(e) = run("ip", &["netns", "add", &ns.name]) {
+            skip_or_fail(test, &format!("cannot create a network namespace: {e}"));
+            return None;
+        }
+        // From here on, dropping `ns` cleans up whatever was made.
+        if let Err(e) = ns.link(&host_if) {
+            panic!("{test}: setting up namespace {}: {e}", ns.name);
+        }
+        Some(ns)
+    }
+
+    fn link(&self, host_if: &str) -> Result<(), String> {
+        let (host, peer) = (
+            format!("{}/30", self.host_ip),
+            format!("{}/30", self.peer_ip),
+        );
+        run(
+            "ip",
+            &[
+                "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &self.name,
+            ],
+        )?;
+        run("ip", &["addr", "add", &host, "dev", host_if])?;
+        run("ip", &["link", "set", host_if, "up"])?;
+        let ns = self.name.as_str();
+        run("ip", &["-n", ns, "addr", "add", &peer, "dev", "eth0"])?;
+        run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", ns, "link", "set", "lo", "up"])
+    }
+
+    /// `program` to be run inside the namespace.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Makes the host vanish: from now on every packet into or out of the namespace is
+    /// dropped inside it, in one atomic ruleset change. The link stays up, as it would behind
+    /// a router: wsbeat's side sees nothing at all, no FIN, no RST, no ICMP.
+    pub fn vanish(&self) {
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name, "iptables-restore"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("start iptables-restore");
+        let rules = "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT DROP [0:0]\nCOMMIT\n";
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), rules.as_bytes())
+            .expect("write rules");
+        let status = child.wait().expect("wait for iptables-restore");
+        assert!(
+            status.success(),
+            "iptables-restore in {}: {status}",
+            self.name
+        );
+    }
+}
+
+impl Drop for Netns {
+    /// Runs after the test's processes were killed (they are declared later, so dropped
+    /// earlier). Sockets in the root namespace can outlive them: a connection wsbeat closed
+    /// toward the vanished host stays in FIN-WAIT-1 and retransmits for minutes. Once the
+    /// namespace and its route are gone, those retransmissions would follow the default route
+    /// out of the machine, so they are destroyed first (`ss -K`), while their packets can
+    /// still only reach the namespace.
+    fn drop(&mut self) {
+        let peer = self.peer_ip.to_string();
+        if let Err(e) = run("ss", &["-K", "-t", "-a", "dst", &peer]) {
+            eprintln!("cleanup: {e}");
+        }
+        let left = std::process::Command::new("ss")
+            .args(["-t", "-a", "-n", "-H", "dst", &peer])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if !left.trim().is_empty() {
+            eprintln!("cleanup: sockets toward {peer} survived `ss -K`:\n{left}");
+        }
+        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// `tests/vanish/peer.py`.
+fn peer_script() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vanish/peer.py")
+}
+
+/// `tests/vanish/peer.py` running in a namespace; killed on drop. Its stdout lines are
+/// collected as they come.
+pub struct NsPeer {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Held open: the peer exits when it closes.
+    _stdin: Option<ChildStdin>,
+}
+
+impl NsPeer {
+    /// A WebSocket server on the namespace's address; returns it with its address.
+    pub async fn server(ns: &Netns, python: &Path, read_rate: u64) -> (NsPeer, SocketAddr) {
+        let ip = ns.peer_ip.to_string();
+        let mut peer = NsPeer::start(ns, python, &["server", &ip, &read_rate.to_string()]);
+        let line = peer.line("PORT ", Duration::from_secs(20)).await;
+        let port: u16 = line.trim().parse().expect("port");
+        (peer, SocketAddr::from((ns.peer_ip, port)))
+    }
+
+    /// A WebSocket client of `ws://{addr}/`; returns once its handshake is done.
+    pub async fn client(ns: &Netns, python: &Path, addr: SocketAddr, read_rate: u64) -> NsPeer {
+        let (addr, rate) = (addr.to_string(), read_rate.to_string());
+        let mut peer = NsPeer::start(ns, python, &["client", &addr, &rate]);
+        peer.line("OPEN", Duration::from_secs(20)).await;
+        peer
+    }
+
+    fn start(ns: &Netns, python: &Path, args: &[&str]) -> NsPeer {
+        let mut child = ns
+            .command(python)
+            .arg(peer_script())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {} in {}: {e}", python.display(), ns.name));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut stdout = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        NsPeer {
+            child,
+            lines,
+            _stdin: stdin,
+        }
+    }
+
+    /// Waits up to `d` for a line starting with `prefix`; returns the rest of it.
+    pub async fn line(&mut self, prefix: &str, d: Duration) -> String {
+        let what = format!("\"{prefix}\" from the peer");
+        within(d, &what, async {
+            while let Some(line) = self.lines.recv().await {
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    return rest.to_owned();
+                }
+            }
+            let status = self.child.wait().await;
+            panic!("the peer exited before saying \"{prefix}\": {status:?}")
+        })
+        .await
+    }
+
+    /// Waits up to `d` until the peer has read at least `bytes` of data payload.
+    pub async fn read_at_least(&mut self, bytes: u64, d: Duration) {
+        within(d, "the peer's reading progress", async {
+            loop {
+                let n: u64 = self.line("READ ", d).await.parse().expect("READ count");
+                if n >= bytes {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Stops the peer's process (SIGSTOP): its host keeps acknowledging TCP segments, but the
+    /// program neither reads nor answers.
+    pub async fn freeze(&mut self) {
+        let pid = self.child.id().expect("peer still running").to_string();
+        let status = Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .await
+            .expect("kill -STOP");
+        assert!(status.success(), "kill -STOP {pid}: {status}");
     }
 }
