@@ -357,12 +357,11 @@ impl NsPeer {
 
     /// Stops the peer's process (SIGSTOP): its host keeps acknowledging TCP segments, but the
     /// program neither reads nor answers.
-    pub async fn freeze(&mut self) {
+    pub fn freeze(&self) {
         let pid = self.child.id().expect("peer still running").to_string();
-        let status = Command::new("kill")
+        let status = std::process::Command::new("kill")
             .args(["-STOP", &pid])
             .status()
-            .await
             .expect("kill -STOP");
         assert!(status.success(), "kill -STOP {pid}: {status}");
     }
