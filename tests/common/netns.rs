@@ -272,6 +272,21 @@ fn peer_script() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vanish/peer.py")
 }
 
+/// How a peer reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Reading {
+    /// Bytes per second; 0 reads as fast as possible.
+    pub rate: u64,
+    /// SO_RCVBUF; 0 leaves the kernel's autotuned default. A small one keeps what the peer has
+    /// not read on wsbeat's side of the connection.
+    pub rcvbuf: u32,
+}
+
+impl Reading {
+    /// As fast as possible, default buffers.
+    pub const FULL_SPEED: Reading = Reading { rate: 0, rcvbuf: 0 };
+}
+
 /// `tests/vanish/peer.py` running in a namespace; killed on drop. Its stdout lines are
 /// collected as they come.
 pub struct NsPeer {
@@ -283,27 +298,27 @@ pub struct NsPeer {
 
 impl NsPeer {
     /// A WebSocket server on the namespace's address; returns it with its address.
-    pub async fn server(ns: &Netns, python: &Path, read_rate: u64) -> (NsPeer, SocketAddr) {
+    pub async fn server(ns: &Netns, python: &Path, reading: Reading) -> (NsPeer, SocketAddr) {
         let ip = ns.peer_ip.to_string();
-        let mut peer = NsPeer::start(ns, python, &["server", &ip, &read_rate.to_string()]);
+        let mut peer = NsPeer::start(ns, python, "server", &ip, reading);
         let line = peer.line("PORT ", Duration::from_secs(20)).await;
         let port: u16 = line.trim().parse().expect("port");
         (peer, SocketAddr::from((ns.peer_ip, port)))
     }
 
     /// A WebSocket client of `ws://{addr}/`; returns once its handshake is done.
-    pub async fn client(ns: &Netns, python: &Path, addr: SocketAddr, read_rate: u64) -> NsPeer {
-        let (addr, rate) = (addr.to_string(), read_rate.to_string());
-        let mut peer = NsPeer::start(ns, python, &["client", &addr, &rate]);
+    pub async fn client(ns: &Netns, python: &Path, addr: SocketAddr, reading: Reading) -> NsPeer {
+        let mut peer = NsPeer::start(ns, python, "client", &addr.to_string(), reading);
         peer.line("OPEN", Duration::from_secs(20)).await;
         peer
     }
 
-    fn start(ns: &Netns, python: &Path, args: &[&str]) -> NsPeer {
+    fn start(ns: &Netns, python: &Path, role: &str, addr: &str, reading: Reading) -> NsPeer {
+        let (rate, rcvbuf) = (reading.rate.to_string(), reading.rcvbuf.to_string());
         let mut child = ns
             .command(python)
             .arg(peer_script())
-            .args(args)
+            .args([role, addr, &rate, &rcvbuf])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

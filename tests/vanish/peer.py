@@ -1,15 +1,17 @@
 """A WebSocket peer for tests/vanish.rs, run inside the network namespace the test made.
 Standard library only; RFC 6455 by hand, so the test knows exactly what goes on the wire.
 
-    peer.py server ADDR [READ_RATE]    listens on ADDR, port 0, prints "PORT <n>", serves one
-                                       connection
-    peer.py client HOST:PORT [READ_RATE]
+    peer.py server ADDR READ_RATE RCVBUF    listens on ADDR, port 0, prints "PORT <n>", serves
+                                            one connection
+    peer.py client HOST:PORT READ_RATE RCVBUF
 
 After the handshake it prints "OPEN". Then it reads frames: it answers every ping with a pong
 carrying the same payload (so it looks alive to wsbeat's heartbeat), discards data payloads,
 and prints "READ <n>" each time the data payload read so far crosses a multiple of 256 KiB.
 READ_RATE (bytes per second, 0 = as fast as possible) slows its reading down, so that a large
-frame toward it stays in flight for a while. It sends nothing else and never closes: the test
+frame toward it stays in flight for a while. RCVBUF (bytes, 0 = the kernel's autotuned default)
+fixes its socket's receive buffer: a small one keeps what it has not read on wsbeat's side, so
+that a frame toward a slow peer is really still being written. It sends nothing else and never closes: the test
 makes its host vanish, then kills it. It exits when stdin closes, so it cannot outlive the test.
 """
 
@@ -25,9 +27,6 @@ import time
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHUNK = 64 * 1024
 REPORT_STEP = 256 * 1024
-# A small, fixed receive buffer (no autotuning): what the peer has not read stays on wsbeat's
-# side, so a frame toward a slow peer is really still being written.
-RCVBUF = 64 * 1024
 MAX_HEAD = 16 * 1024
 HANDSHAKE_TIMEOUT = 20.0
 
@@ -130,9 +129,15 @@ def header(head, name):
     raise ValueError(f"no {name} header in {head!r}")
 
 
-def serve(addr, rate):
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+def new_socket(rcvbuf):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf > 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    return sock
+
+
+def serve(addr, rate, rcvbuf):
+    listener = new_socket(rcvbuf)
     listener.bind((addr, 0))
     listener.listen(1)
     say(f"PORT {listener.getsockname()[1]}")
@@ -153,10 +158,9 @@ def serve(addr, rate):
     peer.run_frames()
 
 
-def connect(hostport, rate):
+def connect(hostport, rate, rcvbuf):
     host, _, port = hostport.rpartition(":")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    sock = new_socket(rcvbuf)
     sock.settimeout(HANDSHAKE_TIMEOUT)
     sock.connect((host, int(port)))
     peer = Peer(sock, client=True, rate=rate)
@@ -182,11 +186,10 @@ def exit_when_stdin_closes():
 
 
 def main():
-    role, where = sys.argv[1], sys.argv[2]
-    rate = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    role, where, rate, rcvbuf = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     threading.Thread(target=exit_when_stdin_closes, daemon=True).start()
     try:
-        (serve if role == "server" else connect)(where, rate)
+        (serve if role == "server" else connect)(where, rate, rcvbuf)
     except Exception as e:  # noqa: BLE001 - any failure is reported to the test the same way
         print(f"peer.py {role}: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
