@@ -128,7 +128,7 @@ async fn wsbeat(listen: Ipv4Addr, upstream: SocketAddr, flags: &[String]) -> Wsb
     WsbeatProcess::start_on(IpAddr::V4(listen), &args).await
 }
 
-/// A client in the namespace (reading at `read_rate`, 0 = full speed) connected through wsbeat
+/// A client in the namespace (reading as `reading` says) connected through wsbeat
 /// to an upstream stand-in on 127.0.0.1 that the test holds.
 async fn client_in_namespace(
     ns: &Netns,
@@ -146,7 +146,7 @@ async fn client_in_namespace(
     (wsbeat, client, up)
 }
 
-/// An upstream in the namespace (reading at `read_rate`) and a client on 127.0.0.1 that the
+/// An upstream in the namespace (reading as `reading` says) and a client on 127.0.0.1 that the
 /// test holds, connected through wsbeat.
 async fn upstream_in_namespace(
     ns: &Netns,

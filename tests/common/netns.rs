@@ -152,6 +152,23 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// A /30 of 10.250.0.0/16 that no route of the root namespace covers yet, trying 64 from the
+/// `seed`th on: another test process may hold some.
+fn free_subnet(seed: u32) -> Option<Ipv4Addr> {
+    let base = u32::from(Ipv4Addr::new(SUBNET_BASE[0], SUBNET_BASE[1], 0, 0));
+    (0..64)
+        .map(|i| (seed.wrapping_add(i) % SUBNETS) << 2)
+        .find_map(|offset| {
+            let net = Ipv4Addr::from(base + offset);
+            let prefix = format!("{net}/30");
+            let routes = std::process::Command::new("ip")
+                .args(["-4", "route", "show", "exact", &prefix])
+                .output()
+                .ok()?;
+            (routes.status.success() && routes.stdout.is_empty()).then_some(net)
+        })
+}
+
 /// A network namespace with one veth link to the root namespace.
 pub struct Netns {
     /// The namespace's name (`ip netns exec NAME …`).
@@ -173,13 +190,13 @@ impl Netns {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let index = (pid.wrapping_mul(64).wrapping_add(n)) % SUBNETS;
-        let [a, b] = SUBNET_BASE;
-        let (c, d) = ((index >> 6) as u8, ((index & 63) << 2) as u8);
+        let Some(base) = free_subnet(pid.wrapping_mul(64).wrapping_add(n)) else {
+            panic!("{test}: no free /30 in 10.250.0.0/16 for a test namespace");
+        };
         let ns = Netns {
             name: format!("wsbeat-test-{pid}-{n}"),
-            host_ip: Ipv4Addr::new(a, b, c, d + 1),
-            peer_ip: Ipv4Addr::new(a, b, c, d + 2),
+            host_ip: Ipv4Addr::from(u32::from(base) + 1),
+            peer_ip: Ipv4Addr::from(u32::from(base) + 2),
         };
         // Interface names are limited to 15 bytes; the namespace's end can have any name.
         let host_if = format!("wsb{pid}h{n}");
