@@ -198,6 +198,14 @@ impl Netns {
             host_ip: Ipv4Addr::from(u32::from(base) + 1),
             peer_ip: Ipv4Addr::from(u32::from(base) + 2),
         };
+        // Packets for the test range must never follow the default route out of the machine,
+        // whatever happens to a namespace or to the cleanup below: an `unreachable` route for
+        // the whole range drops them here. Each namespace's /30 is more specific and wins
+        // while it exists. Idempotent, and harmless to leave in place.
+        let range = format!("{}.{}.0.0/16", SUBNET_BASE[0], SUBNET_BASE[1]);
+        if let Err(e) = run("ip", &["route", "replace", "unreachable", &range]) {
+            panic!("{test}: cannot fence off {range}: {e}");
+        }
         // Interface names are limited to 15 bytes; the namespace's end can have any name.
         let host_if = format!("wsb{pid}h{n}");
         if let Err(e) = run("ip", &["netns", "add", &ns.name]) {
