@@ -17,6 +17,8 @@
 //! - [`heartbeat`]: pure per-side ping/timeout state machine (no I/O, time passed in).
 //! - [`text_heartbeat`]: application heartbeats in text messages (browser `ping`s answered,
 //!   keep-alives injected): exact-match rules, presets and their timers; pure.
+//! - [`message`]: pure per-direction message boundaries, sequence rules and streaming UTF-8
+//!   check of text messages.
 //! - [`metrics`]: owned Prometheus registry and per-connection metric handles; records
 //!   [`outcome`] values, imports no proxy type.
 //! - [`net`]: socket options, dialing, and [`net::Conn`], the one stream type the relay runs on.
@@ -40,6 +42,7 @@ pub mod config;
 pub mod demo;
 pub mod frame;
 pub mod heartbeat;
+pub mod message;
 pub mod metrics;
 pub mod net;
 pub mod outcome;
