@@ -38,6 +38,8 @@ pub(crate) mod close_code {
     pub(crate) const GOING_AWAY: u16 = 1001;
     /// The peer broke the protocol.
     pub(crate) const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message or a close reason that is not UTF-8 (RFC 6455 7.4.1).
+    pub(crate) const INVALID_PAYLOAD: u16 = 1007;
     /// A frame exceeded `--max-frame-size`.
     pub(crate) const TOO_BIG: u16 = 1009;
     /// Unexpected condition on the server side (used toward clients when the upstream died).
@@ -181,6 +183,13 @@ pub(crate) fn close_code_of(payload: &[u8]) -> Option<u16> {
         [a, b, ..] => Some(u16::from_be_bytes([*a, *b])),
         _ => None,
     }
+}
+
+/// Whether a peer may send `code` in a close frame: RFC 6455 7.4.1 and 7.4.2 (1000-1003,
+/// 1007-1011, 3000-4999) plus the IANA registry's 1012-1014. 1004 is reserved, 1005, 1006 and
+/// 1015 only report a state and must never be on the wire, and the rest is undefined.
+pub(crate) fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// XORs `buf` with `key`, as if `buf` started `offset` bytes into a masked payload.
@@ -340,6 +349,32 @@ mod tests {
             "only {} distinct keys in 1000",
             keys.len()
         );
+    }
+
+    #[test]
+    fn close_codes_follow_the_rfc_and_the_iana_registry() {
+        let valid = [
+            1000, 1001, 1002, 1003, 1007, 1010, 1011, 1012, 1013, 1014, 3000, 4999,
+        ];
+        let invalid = [
+            0,
+            999,
+            1004,
+            1005,
+            1006,
+            1015,
+            1016,
+            2000,
+            2999,
+            5000,
+            u16::MAX,
+        ];
+        for code in valid {
+            assert!(is_valid_close_code(code), "{code} is valid");
+        }
+        for code in invalid {
+            assert!(!is_valid_close_code(code), "{code} is not valid");
+        }
     }
 
     #[test]

@@ -458,6 +458,9 @@ where
         let (reason, code, detail) = match v {
             Violation::TooBig => (CloseReason::TooBig, close_code::TOO_BIG, "frame too big"),
             Violation::Protocol(d) => (CloseReason::ProtocolError, close_code::PROTOCOL_ERROR, d),
+            Violation::InvalidPayload(d) => {
+                (CloseReason::ProtocolError, close_code::INVALID_PAYLOAD, d)
+            }
         };
         tracing::info!(
             side = side.as_str(),

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use super::pool;
 use crate::config::UpstreamMasking;
 use crate::frame::{self, Header, MAX_CONTROL_PAYLOAD};
+use crate::message::{MessageError, Messages};
 use crate::text_heartbeat::{MAX_TEXT_LEN, TextMatcher};
 
 /// What the pump does with the frames it parses.
@@ -30,10 +31,22 @@ enum Mode {
 /// A protocol violation by the source leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Violation {
-    /// Broke RFC 6455 (masking, control frame rules, length encoding).
+    /// Broke RFC 6455 (masking, control frame rules, length encoding, close codes, message
+    /// sequence): close 1002.
     Protocol(&'static str),
+    /// A text message or close reason that is not UTF-8: close 1007.
+    InvalidPayload(&'static str),
     /// A frame exceeded `--max-frame-size`.
     TooBig,
+}
+
+impl From<MessageError> for Violation {
+    fn from(e: MessageError) -> Self {
+        match e {
+            MessageError::Sequence(d) => Violation::Protocol(d),
+            MessageError::InvalidText(d) => Violation::InvalidPayload(d),
+        }
+    }
 }
 
 /// A control frame that the session must act on.
@@ -110,7 +123,15 @@ pub(crate) struct Pump {
     in_forward: bool,
     /// XOR key turning the source's masking into ours (all zero when nothing changes).
     in_mask: [u8; 4],
+    /// The source's key and ours, apart, for text that must be read in the clear.
+    in_keys: Option<([u8; 4], [u8; 4])>,
     in_off: usize,
+    /// The current frame is a relayed data frame, tracked by `messages`.
+    in_data: bool,
+    /// ...whose payload is text to check.
+    in_text: bool,
+    /// Message boundaries of the source's stream, and the UTF-8 of its text messages.
+    messages: Messages,
     /// Output bytes written so far: the stream offset of `wpos`.
     written: u64,
     /// Stream offsets where the latest relayed frame starts and ends. Frames are contiguous in
@@ -156,7 +177,12 @@ impl Pump {
             in_left: 0,
             in_forward: false,
             in_mask: [0; 4],
+            in_keys: None,
             in_off: 0,
+            in_data: false,
+            in_text: false,
+            // An extension (permessage-deflate) may compress text: only plain text is checked.
+            messages: Messages::new(strict),
             written: 0,
             last_start: 0,
             last_end: 0,
@@ -356,7 +382,7 @@ impl Pump {
     ) -> Result<Parsed, Violation> {
         loop {
             if self.in_left > 0 {
-                if !self.advance_payload() {
+                if !self.advance_payload()? {
                     return Ok(Parsed::NeedInput);
                 }
                 continue;
@@ -364,7 +390,9 @@ impl Pump {
             if self.mode == Mode::Draining {
                 self.mode = Mode::Discard;
             }
-            if let Some((opcode, fin, len)) = self.relay_small_data_frame(masked_input, max_frame) {
+            if let Some((opcode, fin, len)) =
+                self.relay_small_data_frame(masked_input, max_frame)?
+            {
                 on_data(opcode, fin, len);
                 continue;
             }
@@ -421,7 +449,7 @@ impl Pump {
                 }
                 Candidate::Match { cut: false } => {}
             }
-            self.start_frame(&h, self.mode == Mode::Forward);
+            self.start_data_frame(&h)?;
             if !h.is_control() {
                 self.mid_message = !h.fin;
             }
@@ -476,16 +504,22 @@ impl Pump {
     /// `(opcode, fin, frame_len)`. With 64-byte messages this path is most of the work: it
     /// cut the proxy's user-space instructions per message from 761 to 592 (callgrind,
     /// docs/PERFORMANCE.md).
+    ///
+    /// # Errors
+    /// A frame out of message sequence, or text that is not UTF-8; the frame is left unconsumed
+    /// and unchanged.
     #[inline(always)]
     fn relay_small_data_frame(
         &mut self,
         masked_input: bool,
         max_frame: u64,
-    ) -> Option<(u8, bool, u64)> {
-        let buf = self.buf.as_mut()?;
+    ) -> Result<Option<(u8, bool, u64)>, Violation> {
+        let Some(buf) = self.buf.as_mut() else {
+            return Ok(None);
+        };
         let input = &mut buf[self.ppos..self.end];
         let [b0, b1, ..] = *input else {
-            return None;
+            return Ok(None);
         };
         let opcode = b0 & 0x0F;
         let payload = usize::from(b1 & 0x7F);
@@ -496,7 +530,7 @@ impl Pump {
             || payload > 125
             || payload as u64 > max_frame
         {
-            return None;
+            return Ok(None);
         }
         // A whole text message as long as a configured text heartbeat: the general path
         // compares it. Every other frame stays here.
@@ -504,10 +538,17 @@ impl Pump {
             && let Some(rule) = &self.text
             && rule.matcher.may_match(payload)
         {
-            return None;
+            return Ok(None);
         }
         let header = if masked_input { 6 } else { 2 };
-        let frame = input.get_mut(..header + payload)?;
+        let Some(frame) = input.get_mut(..header + payload) else {
+            return Ok(None);
+        };
+        let fin = b0 & 0x80 != 0;
+        if self.messages.on_frame(opcode, fin)? {
+            check_small_text(&mut self.messages, frame, masked_input)?;
+        }
+        self.messages.on_frame_end()?;
         if masked_input && self.masking == UpstreamMasking::Fresh {
             let (key, body) = frame[2..].split_at_mut(4);
             let new = frame::random_mask();
@@ -520,28 +561,36 @@ impl Pump {
         self.last_end = self.last_start + len as u64;
         self.ppos += len;
         self.mid_message = b0 & 0x80 == 0;
-        Some((opcode, b0 & 0x80 != 0, len as u64))
+        Ok(Some((opcode, fin, len as u64)))
     }
 
     /// Processes as much of the current payload as is buffered; false when none is.
+    ///
+    /// # Errors
+    /// Text that is not UTF-8; the chunk is left unconsumed.
     #[inline(always)]
-    fn advance_payload(&mut self) -> bool {
+    fn advance_payload(&mut self) -> Result<bool, Violation> {
         let avail = self.end - self.ppos;
         if avail == 0 {
-            return false;
+            return Ok(false);
         }
         let n = (avail as u64).min(self.in_left) as usize;
         if self.in_forward {
-            if self.in_mask != [0; 4] {
-                if let Some(buf) = &mut self.buf {
-                    frame::apply_mask(
-                        &mut buf[self.ppos..self.ppos + n],
-                        self.in_mask,
-                        self.in_off,
-                    );
-                }
-                self.in_off += n;
+            if self.in_text {
+                self.check_text(n)?;
+            } else if self.in_mask != [0; 4]
+                && let Some(buf) = &mut self.buf
+            {
+                frame::apply_mask(
+                    &mut buf[self.ppos..self.ppos + n],
+                    self.in_mask,
+                    self.in_off,
+                );
             }
+            if self.in_data && n as u64 == self.in_left {
+                self.messages.on_frame_end()?;
+            }
+            self.in_off += n;
             self.ppos += n;
         } else {
             self.cut(n);
@@ -550,7 +599,48 @@ impl Pump {
         if self.in_left == 0 && self.mode == Mode::Draining {
             self.mode = Mode::Discard;
         }
-        true
+        Ok(true)
+    }
+
+    /// Checks the next `n` payload bytes of a relayed text frame, re-masking them on the way
+    /// when the source masked them: unmasked with the source's key, checked, masked with ours.
+    fn check_text(&mut self, n: usize) -> Result<(), Violation> {
+        let Some(buf) = &mut self.buf else {
+            return Ok(());
+        };
+        let chunk = &mut buf[self.ppos..self.ppos + n];
+        let Some((theirs, ours)) = self.in_keys else {
+            return Ok(self.messages.on_text(chunk)?);
+        };
+        frame::apply_mask(chunk, theirs, self.in_off);
+        let checked = self.messages.on_text(chunk);
+        frame::apply_mask(chunk, ours, self.in_off);
+        Ok(checked?)
+    }
+
+    /// Starts the data frame whose header is at `ppos`: relayed and tracked while relaying,
+    /// else cut.
+    fn start_data_frame(&mut self, h: &Header) -> Result<(), Violation> {
+        let forward = self.mode == Mode::Forward;
+        // Reserved opcodes reach here only with an extension, which gives them their meaning.
+        let tracked = forward && !h.is_control();
+        let text = tracked && self.messages.on_frame(h.opcode, h.fin)?;
+        if tracked && h.payload_len == 0 {
+            self.messages.on_frame_end()?;
+        }
+        let before = (self.ppos, self.last_start, self.last_end);
+        self.start_frame(h, forward);
+        self.in_data = tracked && h.payload_len > 0;
+        self.in_text = text;
+        if text && let Err(e) = self.advance_payload() {
+            // The first bytes are bad: take the header back, so that the destination never
+            // sees the frame (a frame cut off after it has begun can only end the connection).
+            (self.ppos, self.last_start, self.last_end) = before;
+            self.in_left = 0;
+            self.in_forward = false;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Starts relaying (or cutting) the frame whose header is at `ppos`.
@@ -558,6 +648,9 @@ impl Pump {
     fn start_frame(&mut self, h: &Header, forward: bool) {
         self.in_left = h.payload_len;
         self.in_forward = forward;
+        self.in_data = false;
+        self.in_text = false;
+        self.in_keys = None;
         if !forward {
             self.cut(h.header_len);
             return;
@@ -567,13 +660,18 @@ impl Pump {
         self.in_mask = [0; 4];
         self.in_off = 0;
         // With `Forward` the client's key and masked payload go on as they are: `in_mask`
-        // stays zero, so `advance_payload` touches no byte.
+        // stays zero, so `advance_payload` touches no byte (but text is still read in the clear
+        // to be checked, and masked again with the same key).
+        if let Some(old) = h.mask {
+            self.in_keys = Some((old, old));
+        }
         if self.masking == UpstreamMasking::Fresh
             && let (Some(old), Some(off), Some(buf)) = (h.mask, h.mask_offset(), &mut self.buf)
         {
             let new = frame::random_mask();
             buf[self.ppos + off..self.ppos + off + 4].copy_from_slice(&new);
             self.in_mask = frame::xor_keys(old, new);
+            self.in_keys = Some((old, new));
         }
         self.ppos += h.header_len;
     }
@@ -600,13 +698,11 @@ impl Pump {
             frame::OP_PING => Control::Ping(payload),
             frame::OP_PONG => Control::Pong(payload),
             _ => {
-                if payload.len == 1 {
-                    return Err(Violation::Protocol("close frame with a one-byte payload"));
-                }
+                check_close_payload(payload.as_slice())?;
                 let forwarded = self.mode == Mode::Forward;
                 if forwarded {
                     self.start_frame(h, true);
-                    self.advance_payload();
+                    self.advance_payload()?;
                     self.close_forwarded = true;
                     self.mode = Mode::Discard;
                 }
@@ -638,6 +734,43 @@ impl Pump {
         self.wpos += n;
         self.ppos += n;
     }
+}
+
+/// A close payload is empty, or a code a peer may send followed by a UTF-8 reason (RFC 6455
+/// 5.5.1, 7.4); a legacy upstream is never shown anything else.
+fn check_close_payload(payload: &[u8]) -> Result<(), Violation> {
+    match payload {
+        [] => Ok(()),
+        [_] => Err(Violation::Protocol("close frame with a one-byte payload")),
+        [a, b, reason @ ..] => {
+            if !frame::is_valid_close_code(u16::from_be_bytes([*a, *b])) {
+                return Err(Violation::Protocol("close code a peer may not send"));
+            }
+            if simdutf8::basic::from_utf8(reason).is_err() {
+                return Err(Violation::InvalidPayload("close reason is not UTF-8"));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Checks the payload of a whole small text frame before it is touched: in the clear on a copy
+/// when masked, so that a refused frame stays as it came.
+#[inline(always)]
+fn check_small_text(
+    messages: &mut Messages,
+    frame: &[u8],
+    masked: bool,
+) -> Result<(), MessageError> {
+    if !masked {
+        return messages.on_text(&frame[2..]);
+    }
+    let (key, body) = frame[2..].split_at(4);
+    let mut clear = [0u8; MAX_CONTROL_PAYLOAD];
+    let clear = &mut clear[..body.len()];
+    clear.copy_from_slice(body);
+    frame::apply_mask(clear, [key[0], key[1], key[2], key[3]], 0);
+    messages.on_text(clear)
 }
 
 /// Opcodes RFC 6455 reserves for future use: 0x3-0x7 (data) and 0xB-0xF (control).
@@ -808,8 +941,9 @@ mod tests {
         let mut expected = Vec::new();
         for (i, &n) in sizes.iter().enumerate() {
             let payload: Vec<u8> = (0..n).map(|b| (b * 7 + i) as u8).collect();
+            // Binary: the payloads are not UTF-8 (text is checked, see the tests below).
             let (op, fin) = if i % 2 == 0 {
-                (OP_TEXT, false)
+                (OP_BINARY, false)
             } else {
                 (0, true)
             };
@@ -963,6 +1097,94 @@ mod tests {
         parse_all(&mut p, false);
         drain_output(&mut p);
         assert!(p.between_messages());
+    }
+
+    /// Masked text is unmasked to be checked and re-masked with our key in the same pass, in
+    /// the fast path and in the general one, however the reads cut characters.
+    #[test]
+    fn masked_text_is_checked_and_relayed_intact_across_reads() {
+        let text = "κόσμε 😀 €".repeat(30);
+        let mut input = Vec::new();
+        encode_frame(
+            &mut input,
+            false,
+            OP_TEXT,
+            &text.as_bytes()[..7],
+            Some([1, 2, 3, 4]),
+        );
+        encode_frame(
+            &mut input,
+            true,
+            0,
+            &text.as_bytes()[7..],
+            Some([5, 6, 7, 8]),
+        );
+        encode_frame(
+            &mut input,
+            true,
+            OP_TEXT,
+            "é".as_bytes(),
+            Some([9, 9, 9, 9]),
+        );
+        for (read, masking) in [1, 2, 5, 64, input.len()]
+            .into_iter()
+            .flat_map(|r| [(r, UpstreamMasking::Fresh), (r, UpstreamMasking::Forward)])
+        {
+            let mut p = Pump::new(Bytes::new(), true, masking);
+            let mut relayed = Vec::new();
+            for chunk in input.chunks(read) {
+                feed(&mut p, chunk);
+                parse_all(&mut p, true);
+                relayed.extend(drain_output(&mut p));
+            }
+            let out = frames(&relayed);
+            let payload: Vec<u8> = out[..2].iter().flat_map(|f| f.2.clone()).collect();
+            assert_eq!(payload, text.as_bytes(), "reads of {read}");
+            assert_eq!(out[2].2, "é".as_bytes());
+        }
+    }
+
+    #[test]
+    fn invalid_text_is_refused_and_a_small_frame_left_as_it_came() {
+        let mut input = Vec::new();
+        encode_frame(
+            &mut input,
+            true,
+            OP_TEXT,
+            b"ok \xc0\xaf",
+            Some([1, 2, 3, 4]),
+        );
+        let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
+        feed(&mut p, &input);
+        assert!(matches!(
+            p.parse(true, 100, |_, _, _| {}),
+            Err(Violation::InvalidPayload(_))
+        ));
+        assert!(p.output().is_empty(), "nothing of it was relayed");
+        let mut lenient = Pump::new(Bytes::new(), false, UpstreamMasking::Fresh);
+        feed(&mut lenient, &input);
+        assert_eq!(
+            parse_all(&mut lenient, true).len(),
+            1,
+            "not checked with an extension"
+        );
+    }
+
+    #[test]
+    fn close_frames_with_a_bad_code_or_reason_are_refused() {
+        for (payload, want) in [
+            (&b"\x03\xed"[..], "1005"),
+            (&b"\x13\x88"[..], "5000"),
+            (&b"\x03\xe8\xff"[..], "bad reason"),
+        ] {
+            let mut input = Vec::new();
+            encode_frame(&mut input, true, OP_CLOSE, payload, None);
+            let mut p = Pump::new(Bytes::new(), true, UpstreamMasking::Fresh);
+            feed(&mut p, &input);
+            let got = p.parse(false, 100, |_, _, _| {}).err();
+            assert!(got.is_some(), "{want}");
+            assert!(p.output().is_empty(), "{want}: not relayed");
+        }
     }
 
     #[test]
