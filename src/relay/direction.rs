@@ -163,7 +163,9 @@ where
 /// Encodes our pending close for `leg` once nothing more will be relayed into it and all that
 /// was relayed is written: the close is the last frame the leg gets.
 fn queue_close_when_drained(leg: &mut LegState, pump: &Pump) {
-    if pump.relays_nothing() && pump.is_drained() {
+    // A relayed close already ends the leg's stream (the fuzz target found a second close of
+    // ours after it, when its sender broke a rule right after sending it).
+    if pump.relays_nothing() && pump.is_drained() && !pump.close_forwarded() {
         leg.queue_owed_close();
     }
 }
