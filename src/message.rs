@@ -63,6 +63,16 @@ impl Messages {
         self.current.is_some()
     }
 
+    /// The common case, decided without a change of state: a final text or binary frame while
+    /// no message is in progress is a whole message. `Some(check)`, where `check` says that its
+    /// payload must be checked with [`check_whole_text`]; `None` for any other frame, which
+    /// goes through [`Messages::on_frame`].
+    #[inline(always)]
+    pub fn whole_message(&self, opcode: u8, fin: bool) -> Option<bool> {
+        (fin && opcode != OP_CONTINUATION && self.current.is_none())
+            .then_some(opcode == OP_TEXT && self.validate_utf8)
+    }
+
     /// Takes the header of a data frame. Returns whether its payload must be passed to
     /// [`Messages::on_text`]. Reserved data opcodes (which only an extension may use) are not
     /// tracked: their meaning is the extension's.
@@ -160,6 +170,16 @@ impl Messages {
         }
         Ok(())
     }
+}
+
+/// Checks the payload of a text message that is whole in one frame.
+///
+/// # Errors
+/// [`MessageError::InvalidText`] when it is not UTF-8.
+#[inline]
+pub fn check_whole_text(payload: &[u8]) -> Result<(), MessageError> {
+    simdutf8::basic::from_utf8(payload).map_err(|_| invalid_text())?;
+    Ok(())
 }
 
 fn invalid_text() -> MessageError {
@@ -288,6 +308,28 @@ mod tests {
             let whole = std::str::from_utf8(&text).is_ok();
             prop_assert_eq!(text_in_chunks(&chunks).is_ok(), whole, "{:?}", chunks);
         }
+    }
+
+    #[test]
+    fn whole_messages_are_recognised_without_a_change_of_state() {
+        let mut m = Messages::new(true);
+        assert_eq!(m.whole_message(OP_TEXT, true), Some(true));
+        assert_eq!(m.whole_message(OP_BINARY, true), Some(false));
+        assert_eq!(m.whole_message(OP_TEXT, false), None);
+        assert_eq!(m.whole_message(OP_CONTINUATION, true), None);
+        m.on_frame(OP_BINARY, false).unwrap();
+        m.on_frame_end().unwrap();
+        assert_eq!(
+            m.whole_message(OP_TEXT, true),
+            None,
+            "a message is in progress"
+        );
+        assert_eq!(
+            Messages::new(false).whole_message(OP_TEXT, true),
+            Some(false)
+        );
+        assert!(check_whole_text("κόσμε".as_bytes()).is_ok());
+        assert!(check_whole_text(b"\xe2\x82").is_err());
     }
 
     #[test]
