@@ -31,6 +31,8 @@
 //! - [`shutdown`]: SIGTERM/SIGINT handlers (installed before any port is bound), drain requests,
 //!   and the drain's phases: one `DrainTrigger` for the server, a `DrainWatcher` for every
 //!   session and connection.
+//! - [`tls`]: PEM → rustls configs for both legs, the swappable served certificate and its
+//!   reloader.
 //! - [`workers`]: relay threads, one event loop each; the accept loop spreads connections.
 //! - [`demo`]: a tiny legacy-style echo upstream that never answers pings (`--demo`, tests).
 #![forbid(unsafe_code)]
@@ -52,6 +54,7 @@ pub mod server;
 pub mod sessions;
 pub mod shutdown;
 pub mod text_heartbeat;
+pub mod tls;
 pub mod workers;
 
 /// The two legs of a session: whoever connected to us, and the legacy backend.

@@ -11,6 +11,7 @@
 //! take labels rather than proxy objects.
 
 mod sharded;
+mod tls;
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use crate::outcome::{CloseReason, ConnectError, ConnectionResult, Initiator};
 use crate::text_heartbeat::TextKind;
 use sharded::FrameCounters;
 pub use sharded::Shard;
+pub use tls::{ReloadResult, TlsFailure, TlsMetrics};
 
 /// Seconds buckets for ping round trips: 100 µs (same host) to 30 s (a peer about to die).
 const RTT_BUCKETS_SECONDS: &[f64] = &[
@@ -125,6 +127,8 @@ pub struct Metrics {
     pub ready: Gauge,
     /// The drain phase: 0 serving, 1 not ready, 2 going away, 3 deadline.
     pub drain_phase: IntGauge,
+    /// Handshake failures, certificate reloads and expiry.
+    pub tls: TlsMetrics,
 }
 
 impl Metrics {
@@ -243,6 +247,7 @@ impl Metrics {
             "Drain phase: 0 serving, 1 not ready (still accepting), 2 going away (sessions closing with 1001), 3 deadline.",
         )?;
         r.register(Box::new(drain_phase.clone()))?;
+        let tls = TlsMetrics::new(r)?;
         let process_registry = Registry::new();
         register_process_collector(&process_registry)?;
         Ok(Metrics {
@@ -263,6 +268,7 @@ impl Metrics {
             http_requests,
             ready,
             drain_phase,
+            tls,
         })
     }
 
