@@ -3,23 +3,24 @@
 //! This module owns every setting wsbeat has: the clap [`Cli`] (each flag can also come from a
 //! `WSBEAT_*` environment variable), the syntax of durations, byte sizes and the upstream URL,
 //! and the rules that relate settings to each other. Flags and settings come in the same groups,
-//! one per role (listeners, upstream, clients, sessions, process, demo), so `--help` reads in
+//! one per role (listeners, upstream, clients, sessions, process, demo, TLS), so `--help` reads in
 //! sections and each part of the proxy takes its group as it is: the relay gets [`RelayConfig`]
 //! whole. Submodules: `cli` (the flags), `units` (durations and byte sizes), `upstream`
-//! ([`Upstream`] URLs) and `problems` (parsing single values); this file keeps the defaults, the
+//! ([`Upstream`] URLs), `tls` (checking the TLS files) and `problems` (parsing single values); this file keeps the defaults, the
 //! settings groups and the validation that ties them together. [`Config::try_from`] reports
 //! every problem at once, so an operator fixes a deployment in one round trip instead of one
 //! restart per error. That is why durations, sizes and addresses reach [`Cli`] as plain strings:
 //! a clap `value_parser` would stop at the first bad value.
 //!
-//! It does not bind sockets, install logging or read anything but its arguments: `main` does
-//! that. It imports nothing from the layers that use it (server, handshake, relay).
+//! It does not bind sockets or install logging, and reads nothing but its arguments and the
+//! TLS files they name: `main` does the rest. It imports nothing from the layers that use it (server, handshake, relay).
 
 mod cli;
 mod problems;
 #[cfg(test)]
 mod tests;
 mod text;
+mod tls;
 mod units;
 mod upstream;
 
@@ -35,9 +36,10 @@ use units::{GIB, KIB, MIB, format_bytes, format_duration};
 
 pub use cli::{
     Cli, ClientArgs, Command, DemoArgs, DrainArgs, ListenArgs, LogFormat, ProcessArgs, RelayArgs,
-    ShutdownArgs, UpstreamArgs, UpstreamMasking,
+    ShutdownArgs, TlsArgs, UpstreamArgs, UpstreamMasking,
 };
 pub use text::TextHeartbeatArgs;
+pub use tls::TlsConfig;
 pub use units::MAX_DURATION;
 pub use upstream::Upstream;
 
@@ -138,6 +140,8 @@ pub struct Config {
     pub process: ProcessConfig,
     /// Some(address for the demo upstream) when --demo.
     pub demo: Option<SocketAddr>,
+    /// TLS on `--listen` and toward the upstream.
+    pub tls: TlsConfig,
 }
 
 /// Where wsbeat listens, and the bounds of its listeners.
@@ -244,7 +248,11 @@ impl TryFrom<Cli> for Config {
     /// [`ConfigError`] listing every invalid value and every contradiction found.
     fn try_from(cli: Cli) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
-        let config = Config::parse_groups(&cli, &mut p);
+        let mut config = Config::parse_groups(&cli, &mut p);
+        let upstream = p.parsed("--upstream").then_some(&config.upstream.url);
+        let (tls, problems) = TlsConfig::parse(&cli.tls, upstream);
+        config.tls = tls;
+        problems.into_iter().for_each(|problem| p.push(problem));
         config.check_relations(&mut p);
         config.check_upstream_is_not_self(&mut p);
         if p.list.is_empty() {
@@ -359,6 +367,7 @@ impl Config {
             shutdown: ShutdownConfig::parse(&cli.shutdown, p),
             process: ProcessConfig::parse(&cli.process, p),
             demo: cli.demo.demo.then_some(demo_listen),
+            tls: TlsConfig::default(),
         }
     }
 
@@ -523,7 +532,7 @@ impl Config {
              drain_delay={} shutdown_grace={} \
              worker_threads={} log_format={} log_level={:?} demo={demo} \
              listen_backlog={} admin_header_timeout={} admin_max_connections={} \
-             max_connections={} max_request_header_size={} trusted_proxies={} allowed_origins={}",
+             max_connections={} max_request_header_size={} trusted_proxies={} allowed_origins={} {}",
             self.listen.client,
             self.listen.admin,
             self.upstream.preserve_host,
@@ -552,6 +561,7 @@ impl Config {
                 .allowed_origins
                 .as_ref()
                 .map_or_else(|| "*".to_owned(), |o| o.join(",")),
+            self.tls.log_summary(),
         )
     }
 }

@@ -247,12 +247,17 @@ async fn connect_one(addr: SocketAddr, user_timeout: Duration) -> io::Result<Tcp
 /// A connection of either leg, whatever carries it. One concrete type keeps the relay compiled
 /// once and its fast path unboxed.
 ///
-/// Every stream wsbeat makes itself (today plain TCP) is one variant, and is wrapped in `Conn`
-/// *before* hyper sees it: after the upgrade, [`Conn::from_upgraded`] then gets it back with one
-/// downcast, whatever the variant. A TLS stream is one more variant and one more `From`.
+/// Every stream wsbeat makes itself is one variant, and is wrapped in `Conn` *before* hyper sees
+/// it: after the upgrade, [`Conn::from_upgraded`] then gets it back with one downcast, whatever
+/// the variant. The TLS variants hold their stream behind a `Box` of the concrete type: still
+/// static dispatch and no copy beyond the one encryption makes, but a plain TCP session does not carry the kilobyte of TLS state inline.
 pub enum Conn {
-    /// Plain TCP (the fast path).
+    /// Plain TCP.
     Tcp(TcpStream),
+    /// A client that reached `--listen` over TLS: wsbeat is the TLS server.
+    ClientTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A `wss://` or `https://` upstream: wsbeat is the TLS client.
+    UpstreamTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Anything else hyper handed over, boxed behind its `Upgraded` (the slow path).
     Upgraded(TokioIo<Upgraded>),
 }
@@ -260,6 +265,18 @@ pub enum Conn {
 impl From<TcpStream> for Conn {
     fn from(stream: TcpStream) -> Conn {
         Conn::Tcp(stream)
+    }
+}
+
+impl From<tokio_rustls::server::TlsStream<TcpStream>> for Conn {
+    fn from(stream: tokio_rustls::server::TlsStream<TcpStream>) -> Conn {
+        Conn::ClientTls(Box::new(stream))
+    }
+}
+
+impl From<tokio_rustls::client::TlsStream<TcpStream>> for Conn {
+    fn from(stream: tokio_rustls::client::TlsStream<TcpStream>) -> Conn {
+        Conn::UpstreamTls(Box::new(stream))
     }
 }
 
@@ -273,6 +290,28 @@ impl Conn {
             Err(upgraded) => (Conn::Upgraded(TokioIo::new(upgraded)), bytes::Bytes::new()),
         }
     }
+
+    /// The TCP socket underneath, for reading socket options back; `None` on the slow path.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Conn::Tcp(s) => Some(s),
+            Conn::ClientTls(s) => Some(s.get_ref().0),
+            Conn::UpstreamTls(s) => Some(s.get_ref().0),
+            Conn::Upgraded(_) => None,
+        }
+    }
+}
+
+/// Runs `$body` with `$s` bound to the stream of whichever variant `$conn` is.
+macro_rules! each_variant {
+    ($conn:expr, $s:ident => $body:expr) => {
+        match $conn {
+            Conn::Tcp($s) => $body,
+            Conn::ClientTls($s) => $body,
+            Conn::UpstreamTls($s) => $body,
+            Conn::Upgraded($s) => $body,
+        }
+    };
 }
 
 impl AsyncRead for Conn {
@@ -281,10 +320,7 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        each_variant!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -294,10 +330,7 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        each_variant!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -305,31 +338,19 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Upgraded(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+        each_variant!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Tcp(s) => s.is_write_vectored(),
-            Conn::Upgraded(s) => s.is_write_vectored(),
-        }
+        each_variant!(self, s => s.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Conn::Upgraded(s) => Pin::new(s).poll_flush(cx),
-        }
+        each_variant!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        each_variant!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
     }
 }
 

@@ -183,6 +183,8 @@ pub enum ConnectError {
     Timeout,
     /// The upstream answered, but not with a usable WebSocket handshake.
     Handshake,
+    /// The TLS handshake with a `wss://`/`https://` upstream failed (certificate, protocol).
+    Tls,
     /// Any other I/O error.
     Io,
     /// wsbeat ran out of file descriptors or memory for the socket (EMFILE, ENFILE, ENOBUFS,
@@ -192,11 +194,12 @@ pub enum ConnectError {
 
 impl ConnectError {
     /// Every value, in label order.
-    pub const ALL: [ConnectError; 6] = [
+    pub const ALL: [ConnectError; 7] = [
         ConnectError::Dns,
         ConnectError::Refused,
         ConnectError::Timeout,
         ConnectError::Handshake,
+        ConnectError::Tls,
         ConnectError::Io,
         ConnectError::LocalExhaustion,
     ];
@@ -208,6 +211,7 @@ impl ConnectError {
             ConnectError::Refused => "refused",
             ConnectError::Timeout => "timeout",
             ConnectError::Handshake => "handshake",
+            ConnectError::Tls => "tls",
             ConnectError::Io => "io",
             ConnectError::LocalExhaustion => "local_exhaustion",
         }

@@ -49,6 +49,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
 use crate::shutdown::DrainWatcher;
+use crate::tls;
 
 pub use context::{Admission, ConnContext, Scheme};
 pub use error::ProxyError;
@@ -68,6 +69,10 @@ pub struct Proxy {
     /// Slots for connections being answered 503 once `slots` are gone, so that refusing
     /// cannot run out of descriptors either.
     refusals: Arc<Semaphore>,
+    /// TLS on `--listen`, when `--tls-cert` is given.
+    client_tls: Option<Arc<tls::Acceptor>>,
+    /// TLS toward a `wss://` or `https://` upstream.
+    upstream_tls: Option<tls::Connector>,
 }
 
 /// Connections answered 503 at once when `--max-connections` is reached; beyond these, new
@@ -91,7 +96,30 @@ impl Proxy {
             slots: Arc::new(Semaphore::new(config.clients.max_connections)),
             refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
             config,
+            client_tls: None,
+            upstream_tls: None,
         }
+    }
+
+    /// The same proxy with TLS endpoints: `client` for `--listen`, `upstream` for the upstream.
+    pub fn with_tls(
+        mut self,
+        client: Option<Arc<tls::Acceptor>>,
+        upstream: Option<tls::Connector>,
+    ) -> Self {
+        self.client_tls = client;
+        self.upstream_tls = upstream;
+        self
+    }
+
+    /// TLS on `--listen`, if configured.
+    pub fn tls_acceptor(&self) -> Option<&Arc<tls::Acceptor>> {
+        self.client_tls.as_ref()
+    }
+
+    /// The metrics this proxy counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Takes a slot for a new client connection: admitted, over the limit (it is served, to

@@ -1,11 +1,11 @@
 //! The accept loop: per-connection tasks, the admin listener, and shutdown.
 //!
 //! `run` takes listeners the caller bound (tests bind port 0) and a stream of drain requests. A
-//! connection's shape is `accept → socket options → HTTP/1.1 (hyper) → proxy::Proxy`, which
-//! spawns the upgraded session into a `TaskTracker` so shutdown can wait for it. Serving is
-//! generic over the client's stream: anything that converts into a [`Conn`] (plain TCP today, a
-//! TLS stream next) is served the same way and keeps the relay's unboxed fast path. Per-connection
-//! errors never reach this loop; accept errors (for example running out of file descriptors)
+//! connection's shape is `accept → socket options → TLS (with --tls-cert) → HTTP/1.1 (hyper) →
+//! proxy::Proxy`, which spawns the upgraded session into a `TaskTracker` so shutdown can wait
+//! for it. Serving is generic over the client's stream: anything that converts into a [`Conn`]
+//! (plain TCP or a TLS stream) is served the same way and keeps the relay's unboxed fast path.
+//! Per-connection errors never reach this loop; accept errors (for example running out of file descriptors)
 //! back off instead of spinning.
 //!
 //! Shutdown is a drain in three phases, run here as the one holder of the [`DrainTrigger`]:
@@ -15,6 +15,7 @@
 //! is one log line with counts and a value of `wsbeat_drain_phase`.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,7 +39,9 @@ use crate::net::{self, Conn};
 use crate::proxy::{Admission, ConnContext, Proxy, Scheme};
 use crate::sessions::Sessions;
 use crate::shutdown::{self, DrainRequests, DrainTrigger, Phase};
+use crate::tls::reload::ReloadConfig;
 use crate::workers::Workers;
+use crate::{Side, tls};
 
 /// First pause after a failed accept; doubles up to [`ACCEPT_BACKOFF_MAX`].
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
@@ -58,6 +62,9 @@ pub enum ServerError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The TLS files changed between validation and start-up and no longer load.
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Serves clients on `listener` and the admin endpoints on `admin` until a drain is requested
@@ -95,9 +102,15 @@ pub async fn run(
         admin_cancel.clone(),
         admin_limits,
     ));
+    let (client_tls, upstream_tls) = tls_endpoints(&config)?;
+    if let Some(acceptor) = &client_tls {
+        let reloader = acceptor.reloader(metrics.tls.clone());
+        tokio::spawn(reloader.run(ReloadConfig::default(), admin_cancel.clone()));
+    }
     let (trigger, watcher) = shutdown::channel();
     let settings = config.shutdown;
-    let proxy = Arc::new(Proxy::new(config, metrics, Arc::clone(&live), watcher));
+    let proxy = Proxy::new(config, metrics, Arc::clone(&live), watcher);
+    let proxy = Arc::new(proxy.with_tls(client_tls, upstream_tls));
     let connections = TaskTracker::new();
     let mut drain = Drain {
         trigger,
@@ -121,6 +134,23 @@ pub async fn run(
     workers.stop().await;
     admin_cancel.cancel();
     Ok(())
+}
+
+/// The listener's TLS acceptor (with `--tls-cert`) and the upstream's TLS connector (for a
+/// `wss://` or `https://` upstream), from files that `Config` already checked.
+fn tls_endpoints(
+    config: &Config,
+) -> Result<(Option<Arc<tls::Acceptor>>, Option<tls::Connector>), tls::TlsError> {
+    let acceptor = match &config.tls.listen {
+        Some(paths) => Some(Arc::new(tls::Acceptor::load(paths)?)),
+        None => None,
+    };
+    let up = &config.upstream.url;
+    let connector = match up.tls {
+        true => Some(tls::Connector::new(&config.tls.upstream, &up.host)?),
+        false => None,
+    };
+    Ok((acceptor, connector))
 }
 
 /// Turns each item of `shutdown` into a drain request, until either side is gone.
@@ -286,33 +316,69 @@ fn hand_over(
     }));
 }
 
-/// One accepted TCP connection on its relay thread: socket options, then HTTP. (TLS goes
-/// between the two, on the same socket.)
+/// One accepted TCP connection on its relay thread: socket options, TLS when `--listen` speaks
+/// it, then HTTP. The client has `--handshake-timeout` for all of it, the TLS handshake
+/// included, so a client that opens TCP and sends nothing is cut like any slowloris.
 async fn accept_tcp(stream: TcpStream, peer: SocketAddr, admission: Admission, proxy: Arc<Proxy>) {
     if let Err(e) = net::configure_client(&stream) {
         tracing::debug!(%peer, error = %e, "could not set client socket options");
     }
-    let ctx = ConnContext::new(peer, Scheme::Http, admission);
-    serve_connection(stream, ctx, proxy).await;
+    let deadline = Instant::now() + proxy.config().clients.handshake_timeout;
+    let Some(acceptor) = proxy.tls_acceptor().cloned() else {
+        let ctx = ConnContext::new(peer, Scheme::Http, admission);
+        return serve_connection(stream, ctx, proxy, deadline).await;
+    };
+    let Some(tls) = accept_tls(&acceptor, stream, peer, deadline, &proxy).await else {
+        return;
+    };
+    let ctx = ConnContext::new(peer, Scheme::Https, admission);
+    serve_connection(tls, ctx, proxy, deadline).await;
+}
+
+/// The TLS handshake of a client on `--listen`, bounded by `deadline` and cut by a drain. A
+/// failure is one debug line and one count, never more: scanners and confused clients would
+/// otherwise flood the log.
+async fn accept_tls(
+    acceptor: &tls::Acceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+    proxy: &Proxy,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
+    let result = tokio::select! {
+        result = handshake => result.unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+        () = proxy.drain().going_away() => return None,
+    };
+    match result {
+        Ok(tls) => Some(tls),
+        Err(error) => {
+            let reason = tls::classify(&error);
+            tracing::debug!(%peer, reason = reason.as_str(), %error, "client TLS handshake failed");
+            proxy.metrics().tls.handshake_error(Side::Client, reason);
+            None
+        }
+    }
 }
 
 /// Serves HTTP/1.1 on one client connection until it upgrades, closes or the proxy shuts down.
+/// The request headers must be in by `deadline`.
 ///
 /// The stream is wrapped in a [`Conn`] before hyper sees it, so that the session takes it back
 /// unboxed after the upgrade, whatever type it was.
-async fn serve_connection<S>(stream: S, ctx: ConnContext, proxy: Arc<Proxy>)
+async fn serve_connection<S>(stream: S, ctx: ConnContext, proxy: Arc<Proxy>, deadline: Instant)
 where
     S: Into<Conn>,
 {
     let peer = ctx.peer();
     let ctx = Arc::new(ctx);
     let drain = proxy.drain().clone();
-    let handshake_timeout = proxy.config().clients.handshake_timeout;
+    let header_timeout = deadline.saturating_duration_since(Instant::now());
     let max_head = proxy.config().clients.max_request_header_size;
     let svc = service_fn(move |req| Arc::clone(&proxy).handle(req, Arc::clone(&ctx)));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(handshake_timeout)
+        .header_read_timeout(header_timeout)
         // A head that does not fit is answered 431 by hyper (its minimum is 8 KiB, which the
         // configuration enforces).
         .max_buf_size(max_head)

@@ -3,8 +3,9 @@
 //!
 //! Owns: reading and checking certificate/key pairs ([`load_pair`]), the served certificate
 //! that can be swapped while running ([`CertResolver`]), the reloader that swaps it when the
-//! files change ([`reload`]), the client side's trust ([`UpstreamTls`], [`client_config`]), and
-//! the mapping of handshake errors to metric labels ([`classify`]). It does not accept or dial
+//! files change ([`reload`]), the client side's trust ([`UpstreamTlsConfig`], [`client_config`]),
+//! the two endpoints a running proxy holds ([`Acceptor`], [`Connector`]), and the mapping of
+//! handshake errors to metric labels ([`classify`]). It does not accept or dial
 //! sockets (`server` and `net` do) and does not decide when a handshake is too slow (the accept
 //! path bounds it with `--handshake-timeout`).
 //!
@@ -25,7 +26,10 @@
 //! There is no switch to turn verification off, by design: a proxy that silently accepts any
 //! certificate turns one typo into a man-in-the-middle.
 
+mod endpoint;
 pub mod reload;
+
+pub use endpoint::{Acceptor, Connector};
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -265,7 +269,7 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, T
 
 /// The upstream leg's TLS settings, from the command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct UpstreamTls {
+pub struct UpstreamTlsConfig {
     /// Extra trust anchors (`--upstream-ca`): a PEM file that may hold several certificates.
     pub ca: Option<PathBuf>,
     /// Client certificate and key for mutual TLS (`--upstream-client-cert/-key`).
@@ -280,7 +284,7 @@ pub struct UpstreamTls {
 ///
 /// # Errors
 /// [`TlsError`] naming the CA or client pair file at fault, or [`TlsError::NoRoots`].
-pub fn client_config(tls: &UpstreamTls) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn client_config(tls: &UpstreamTlsConfig) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = root_store(tls.ca.as_deref())?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?

@@ -6,6 +6,8 @@
 //! report every bad value at once. A new flag goes into the group of its role; a new role gets a
 //! group of its own and a field in [`Cli`] and in `Config`.
 
+use std::path::PathBuf;
+
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -44,6 +46,9 @@ pub struct Cli {
     /// The built-in echo upstream.
     #[command(flatten)]
     pub demo: DemoArgs,
+    /// TLS on either leg.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Something else than serving, such as asking a running wsbeat to drain.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -343,6 +348,55 @@ impl UpstreamMasking {
             UpstreamMasking::Forward => "forward",
         }
     }
+}
+
+/// TLS on either leg.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsArgs {
+    /// PEM certificate chain (leaf first) that makes --listen speak TLS; reloaded when it changes.
+    #[arg(
+        long,
+        env = "WSBEAT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA P-256/P-384 or Ed25519).
+    #[arg(
+        long,
+        env = "WSBEAT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM file of extra CAs (one or more certificates) trusted for a wss:// or https:// upstream, besides the system store.
+    #[arg(long, env = "WSBEAT_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// PEM client certificate chain presented to a TLS upstream that asks for one (mutual TLS).
+    #[arg(
+        long,
+        env = "WSBEAT_UPSTREAM_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "upstream_client_key"
+    )]
+    pub upstream_client_cert: Option<PathBuf>,
+
+    /// PEM private key for --upstream-client-cert.
+    #[arg(
+        long,
+        env = "WSBEAT_UPSTREAM_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "upstream_client_cert"
+    )]
+    pub upstream_client_key: Option<PathBuf>,
+
+    /// Name sent as SNI and required in the upstream's certificate, when it differs from the --upstream host.
+    #[arg(long, env = "WSBEAT_UPSTREAM_SERVER_NAME", value_name = "NAME")]
+    pub upstream_server_name: Option<String>,
 }
 
 /// How log lines are written.

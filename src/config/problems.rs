@@ -212,7 +212,7 @@ impl Problems {
                 placeholder,
             ),
             (Some(url), false) => Upstream::parse(url).unwrap_or_else(|why| {
-                let problem = format!("--upstream {url:?}: {why}; expected ws://host:port[/base] or http://host:port[/base]");
+                let problem = format!("--upstream {url:?}: {why}; expected ws[s]://host:port[/base] or http[s]://host:port[/base]");
                 self.fail("--upstream", problem, placeholder)
             }),
         }

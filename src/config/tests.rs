@@ -277,8 +277,40 @@ fn demo_listener_must_not_clash_with_the_others() {
 
 #[test]
 fn upstream_error_names_the_flag() {
-    let problems = problems("--upstream wss://legacy");
-    assert!(problems[0].starts_with("--upstream \"wss://legacy\": TLS upstreams"));
+    let problems = problems("--upstream ftp://legacy");
+    assert!(problems[0].starts_with("--upstream \"ftp://legacy\": unsupported scheme"));
+}
+
+/// TLS files are read during validation: a missing pair is reported naming the file, with
+/// the other problems, and upstream TLS flags on a plain upstream are refused.
+#[test]
+fn tls_problems_name_the_file_or_flag() {
+    let found = problems(
+        "--upstream ws://legacy --tls-cert /nonexistent/tls.crt --tls-key /nonexistent/tls.key \
+         --upstream-ca /nonexistent/ca.pem --close-timeout 0",
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+    let has = |start: &str| found.iter().any(|p| p.starts_with(start));
+    assert!(
+        has("--tls-cert/--tls-key: cannot read /nonexistent/tls.crt"),
+        "{found:#?}"
+    );
+    assert!(
+        has("--upstream-ca only applies to a TLS upstream"),
+        "{found:#?}"
+    );
+    let missing_ca = problems("--upstream wss://legacy --upstream-ca /nonexistent/ca.pem");
+    assert!(
+        missing_ca[0].contains("/nonexistent/ca.pem"),
+        "{missing_ca:?}"
+    );
+}
+
+#[test]
+fn a_tls_cert_needs_its_key() {
+    let err = Cli::try_parse_from(["wsbeat", "--upstream", "ws://legacy", "--tls-cert", "c.pem"])
+        .unwrap_err();
+    assert!(err.to_string().contains("--tls-key"), "{err}");
 }
 
 #[test]
@@ -334,7 +366,7 @@ fn log_summary_shows_effective_values() {
 /// deployments set them, so a rename is a breaking change, not a refactoring.
 #[test]
 fn flag_names_variables_and_defaults_are_stable() {
-    let expected: [(&str, Option<&str>); 37] = [
+    let expected: [(&str, Option<&str>); 43] = [
         ("listen", Some(DEFAULT_LISTEN)),
         ("admin-listen", Some(DEFAULT_ADMIN_LISTEN)),
         ("upstream", None),
@@ -372,6 +404,12 @@ fn flag_names_variables_and_defaults_are_stable() {
         ("upstream-text-ping", None),
         ("upstream-text-ping-interval", Some("0")),
         ("upstream-text-pong", None),
+        ("tls-cert", None),
+        ("tls-key", None),
+        ("upstream-ca", None),
+        ("upstream-client-cert", None),
+        ("upstream-client-key", None),
+        ("upstream-server-name", None),
     ];
     let cmd = Cli::command();
     let found: Vec<(String, Option<String>, Option<String>)> = cmd
@@ -405,6 +443,7 @@ fn help_is_grouped_by_role() {
         ("Shutdown:", "--shutdown-grace"),
         ("Process:", "--worker-threads"),
         ("Demo:", "--demo-listen"),
+        ("TLS:", "--upstream-server-name"),
     ];
     // A heading is an unindented line ending in ':'; a section runs to the next heading.
     let mut headings: Vec<(&str, String)> = Vec::new();

@@ -1,8 +1,8 @@
 //! The backend sessions are proxied to: the [`Upstream`] type, parsing `--upstream` URLs,
 //! joining its base path with each client's request path, and showing it as a URL.
 //!
-//! This module owns the URL syntax and what wsbeat can honour in it (plain-text schemes, no user
-//! info, query or fragment). It does not resolve or dial the host: `handshake` does that, and the
+//! This module owns the URL syntax and what wsbeat can honour in it (`ws`/`http`, and `wss`/`https`
+//! for TLS; no user info, query or fragment). It does not resolve or dial the host: `handshake` does that, and the
 //! parent module decides whether an upstream is required and whether it points back at wsbeat.
 
 use std::fmt;
@@ -10,35 +10,41 @@ use std::net::SocketAddr;
 
 use http::uri::{Authority, Uri};
 
-/// Port assumed when the upstream URL names none (ws:// and http:// share it).
-const DEFAULT_UPSTREAM_PORT: u16 = 80;
+/// Port assumed when a plain upstream URL names none (ws:// and http:// share it).
+const DEFAULT_PLAIN_PORT: u16 = 80;
+/// Port assumed when a TLS upstream URL names none (wss:// and https:// share it).
+const DEFAULT_TLS_PORT: u16 = 443;
 
 /// Where sessions are proxied to, parsed from `--upstream`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     /// Host name or IP as written, without brackets for IPv6.
     pub host: String,
-    /// TCP port; 80 when the URL names none.
+    /// TCP port; 80 (443 with TLS) when the URL names none.
     pub port: u16,
-    /// Host header value: `host[:port]`, the port omitted when it is 80.
+    /// Whether the upstream speaks TLS (`wss://` or `https://`).
+    pub tls: bool,
+    /// Host header value: `host[:port]`, the port omitted when it is the scheme's default.
     pub authority: Authority,
     /// `""` for the root, else `/base` without a trailing slash.
     pub base_path: String,
 }
 
 impl Upstream {
-    /// Parses `ws://host[:port][/base]` or `http://host[:port][/base]`.
+    /// Parses `ws://`, `http://`, `wss://` or `https://` followed by `host[:port][/base]`. The
+    /// WebSocket and HTTP schemes mean the same here: the upstream gets whatever the client
+    /// sent, upgrades and plain requests alike; the `s` means TLS.
     ///
     /// # Errors
     ///
-    /// A message without the flag name when the URL uses TLS (not supported yet) or another
-    /// scheme, or has user info, a query, a fragment, no host or port 0.
+    /// A message without the flag name when the URL has another scheme, user info, a query, a
+    /// fragment, no host or port 0.
     pub fn parse(url: &str) -> Result<Upstream, String> {
         if url.contains('#') {
             return Err("a fragment (#...) is not allowed".into());
         }
         let uri = Uri::try_from(url).map_err(|e| format!("not a valid URL: {e}"))?;
-        check_scheme(uri.scheme_str())?;
+        let tls = is_tls_scheme(uri.scheme_str())?;
         if uri.query().is_some() {
             return Err(
                 "a query (?...) is not allowed; each client's own query is forwarded".into(),
@@ -46,11 +52,18 @@ impl Upstream {
         }
         let authority = uri.authority().ok_or("missing host")?;
         let host = parse_host(authority)?;
-        let port = parse_port(authority)?;
-        let authority = host_authority(host, port).map_err(|e| format!("invalid host: {e}"))?;
+        let default_port = if tls {
+            DEFAULT_TLS_PORT
+        } else {
+            DEFAULT_PLAIN_PORT
+        };
+        let port = parse_port(authority, default_port)?;
+        let authority =
+            host_authority(host, port, default_port).map_err(|e| format!("invalid host: {e}"))?;
         Ok(Upstream {
             host: host.to_owned(),
             port,
+            tls,
             authority,
             base_path: uri.path().trim_end_matches('/').to_owned(),
         })
@@ -59,11 +72,12 @@ impl Upstream {
     /// The upstream `ws://addr` with no base path.
     pub fn from_addr(addr: SocketAddr) -> Upstream {
         let host = addr.ip().to_string();
-        let authority = host_authority(&host, addr.port())
+        let authority = host_authority(&host, addr.port(), DEFAULT_PLAIN_PORT)
             .expect("an IP address and a port always form a valid authority");
         Upstream {
             host,
             port: addr.port(),
+            tls: false,
             authority,
             base_path: String::new(),
         }
@@ -94,17 +108,15 @@ impl Upstream {
     }
 }
 
-/// Accepts the two plain-text schemes and says why the others are refused.
-fn check_scheme(scheme: Option<&str>) -> Result<(), String> {
+/// Whether the scheme means TLS; refuses schemes other than the four wsbeat speaks.
+fn is_tls_scheme(scheme: Option<&str>) -> Result<bool, String> {
     match scheme.map(str::to_ascii_lowercase).as_deref() {
-        Some("ws" | "http") => Ok(()),
-        Some("wss" | "https") => {
-            Err("TLS upstreams (wss://, https://) are not supported yet".into())
-        }
+        Some("ws" | "http") => Ok(false),
+        Some("wss" | "https") => Ok(true),
         Some(other) => Err(format!(
-            "unsupported scheme {other}://; use ws:// or http://"
+            "unsupported scheme {other}://; use ws://, http://, wss:// or https://"
         )),
-        None => Err("must start with ws:// or http://".into()),
+        None => Err("must start with ws://, http://, wss:// or https://".into()),
     }
 }
 
@@ -123,11 +135,11 @@ fn parse_host(authority: &Authority) -> Result<&str, String> {
     Ok(host)
 }
 
-/// The port the URL names, [`DEFAULT_UPSTREAM_PORT`] when it names none; refuses port 0.
-fn parse_port(authority: &Authority) -> Result<u16, String> {
+/// The port the URL names, `default` when it names none; refuses port 0.
+fn parse_port(authority: &Authority, default: u16) -> Result<u16, String> {
     // `Authority::port_u16` would turn an out-of-range port into "no port", i.e. 80.
     let port = match authority.as_str()[authority.host().len()..].strip_prefix(':') {
-        None => DEFAULT_UPSTREAM_PORT,
+        None => default,
         Some("") => return Err("empty port after ':'".into()),
         Some(port) => port.parse().map_err(|_| format!("invalid port {port:?}"))?,
     };
@@ -137,14 +149,15 @@ fn parse_port(authority: &Authority) -> Result<u16, String> {
     Ok(port)
 }
 
-/// `host[:port]` as a Host header value, with brackets around IPv6 and port 80 left out.
-fn host_authority(host: &str, port: u16) -> Result<Authority, http::uri::InvalidUri> {
+/// `host[:port]` as a Host header value, with brackets around IPv6 and the scheme's default
+/// port left out.
+fn host_authority(host: &str, port: u16, default: u16) -> Result<Authority, http::uri::InvalidUri> {
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
         host.to_owned()
     };
-    if port == DEFAULT_UPSTREAM_PORT {
+    if port == default {
         Authority::try_from(host)
     } else {
         Authority::try_from(format!("{host}:{port}"))
@@ -158,7 +171,8 @@ impl fmt::Display for Upstream {
         } else {
             self.host.clone()
         };
-        write!(f, "ws://{host}:{}{}", self.port, self.base_path)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        write!(f, "{scheme}://{host}:{}{}", self.port, self.base_path)
     }
 }
 
@@ -193,13 +207,11 @@ mod tests {
     #[test]
     fn upstream_urls_reject_what_we_cannot_honour() {
         for (url, why) in [
-            (
-                "wss://legacy:443",
-                "TLS upstreams (wss://, https://) are not supported yet",
-            ),
-            ("https://legacy", "TLS upstreams"),
             ("ftp://legacy", "unsupported scheme"),
-            ("legacy:9000", "must start with ws:// or http://"),
+            (
+                "legacy:9000",
+                "must start with ws://, http://, wss:// or https://",
+            ),
             ("ws://user:pw@legacy:9000", "user info"),
             ("ws://legacy:9000/?a=1", "query"),
             ("ws://legacy:9000/#top", "fragment"),
@@ -213,6 +225,20 @@ mod tests {
             let err = Upstream::parse(url).expect_err(url);
             assert!(err.contains(why), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn tls_urls_default_to_port_443_and_leave_it_out_of_the_host_header() {
+        let up = Upstream::parse("wss://legacy.internal/app").unwrap();
+        assert!(up.tls);
+        assert_eq!((up.port, up.authority.as_str()), (443, "legacy.internal"));
+        let up = Upstream::parse("HTTPS://legacy:8443").unwrap();
+        assert!(up.tls);
+        assert_eq!((up.port, up.authority.as_str()), (8443, "legacy:8443"));
+        assert_eq!(up.to_string(), "wss://legacy:8443");
+        let up = Upstream::parse("wss://legacy:80").unwrap();
+        assert_eq!(up.authority.as_str(), "legacy:80");
+        assert!(!Upstream::parse("ws://legacy").unwrap().tls);
     }
 
     #[test]

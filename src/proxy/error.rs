@@ -43,6 +43,10 @@ pub enum ProxyError {
     /// Connecting to the upstream failed.
     #[error("upstream unreachable: {0}")]
     Unreachable(DialError),
+    /// The TLS handshake with a `wss://`/`https://` upstream failed; the log gets rustls' reason
+    /// (unknown CA, name mismatch, client certificate required, ...).
+    #[error("upstream TLS handshake failed: {0}")]
+    UpstreamTls(std::io::Error),
     /// The upstream's HTTP exchange failed.
     #[error("upstream HTTP error: {0}")]
     UpstreamHttp(#[from] hyper::Error),
@@ -82,9 +86,10 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
-            ProxyError::Unreachable(_) | ProxyError::UpstreamHttp(_) | ProxyError::BadAccept => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Unreachable(_)
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::UpstreamHttp(_)
+            | ProxyError::BadAccept => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -99,9 +104,10 @@ impl ProxyError {
             ProxyError::ForbiddenOrigin => ConnectionResult::ForbiddenOrigin,
             ProxyError::OverLimit => ConnectionResult::OverLimit,
             ProxyError::LocalExhaustion(_) => ConnectionResult::LocalExhaustion,
-            ProxyError::Unreachable(_) | ProxyError::UpstreamHttp(_) | ProxyError::BadAccept => {
-                ConnectionResult::UpstreamUnreachable
-            }
+            ProxyError::Unreachable(_)
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::UpstreamHttp(_)
+            | ProxyError::BadAccept => ConnectionResult::UpstreamUnreachable,
             ProxyError::Timeout => ConnectionResult::UpstreamTimeout,
         }
     }
@@ -116,6 +122,7 @@ impl ProxyError {
             | ProxyError::ForbiddenOrigin
             | ProxyError::OverLimit => None,
             ProxyError::LocalExhaustion(e) | ProxyError::Unreachable(e) => Some(e.kind()),
+            ProxyError::UpstreamTls(_) => Some(ConnectError::Tls),
             ProxyError::UpstreamHttp(_) | ProxyError::BadAccept => Some(ConnectError::Handshake),
             ProxyError::Timeout => Some(ConnectError::Timeout),
         }
@@ -133,6 +140,7 @@ impl ProxyError {
             | ProxyError::OverLimit => Cow::Owned(self.to_string()),
             ProxyError::LocalExhaustion(_) => Cow::Borrowed("temporarily out of resources"),
             ProxyError::Unreachable(_) => Cow::Borrowed("upstream unreachable"),
+            ProxyError::UpstreamTls(_) => Cow::Borrowed("upstream TLS handshake failed"),
             ProxyError::UpstreamHttp(_) => Cow::Borrowed("upstream HTTP error"),
             ProxyError::BadAccept | ProxyError::Timeout => Cow::Owned(self.to_string()),
         }
@@ -152,6 +160,7 @@ impl ProxyError {
             | ProxyError::DotSegments
             | ProxyError::ForbiddenOrigin
             | ProxyError::Unreachable(_)
+            | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamHttp(_)
             | ProxyError::BadAccept
             | ProxyError::Timeout => None,
@@ -209,6 +218,12 @@ mod tests {
                 502,
                 R::UpstreamUnreachable,
                 Some(ConnectError::Refused),
+            ),
+            (
+                ProxyError::UpstreamTls(io::Error::other("unknown issuer")),
+                502,
+                R::UpstreamUnreachable,
+                Some(ConnectError::Tls),
             ),
             (
                 ProxyError::BadAccept,

@@ -182,7 +182,7 @@ fn expiry_is_the_leafs_not_after() {
 /// pipe, echoes one byte, and returns the serial of the leaf the client saw.
 async fn handshake(
     resolver: Arc<CertResolver>,
-    upstream: &UpstreamTls,
+    upstream: &UpstreamTlsConfig,
 ) -> Result<String, io::Error> {
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config(resolver).unwrap());
     let connector = tokio_rustls::TlsConnector::from(client_config(upstream).unwrap());
@@ -212,9 +212,9 @@ async fn handshake(
 async fn a_swapped_pair_serves_new_handshakes() {
     let ca = ca();
     let dir = Dir::new();
-    let upstream = UpstreamTls {
+    let upstream = UpstreamTlsConfig {
         ca: Some(dir.write("ca.pem", ca.pem())),
-        ..UpstreamTls::default()
+        ..UpstreamTlsConfig::default()
     };
     let (cert, key) = leaf(&ca, 0x11);
     let first = read_pair(&dir.pair(&cert, &key)).unwrap();
@@ -235,9 +235,9 @@ async fn an_unknown_ca_fails_as_a_certificate_error() {
     let resolver = Arc::new(CertResolver::new(
         &read_pair(&dir.pair(&cert, &key)).unwrap(),
     ));
-    let other = UpstreamTls {
+    let other = UpstreamTlsConfig {
         ca: Some(dir.write("ca.pem", ca().pem())),
-        ..UpstreamTls::default()
+        ..UpstreamTlsConfig::default()
     };
     let err = handshake(resolver, &other).await.unwrap_err();
     assert_eq!(classify(&err), TlsFailure::Certificate, "{err}");
@@ -267,7 +267,7 @@ fn client_pairs_and_ca_files_are_checked_at_start() {
     let dir = Dir::new();
     let a = KeyPair::generate().unwrap();
     let b = KeyPair::generate().unwrap();
-    let mismatched = UpstreamTls {
+    let mismatched = UpstreamTlsConfig {
         ca: Some(dir.write("ca.pem", ca().pem())),
         client_pair: Some(dir.pair(&self_signed(&a, 1), &b.serialize_pem())),
         server_name: None,
@@ -276,9 +276,9 @@ fn client_pairs_and_ca_files_are_checked_at_start() {
         client_config(&mismatched),
         Err(TlsError::Mismatch { .. })
     ));
-    let bad_ca = UpstreamTls {
+    let bad_ca = UpstreamTlsConfig {
         ca: Some(dir.write("bad-ca.pem", "no pem here")),
-        ..UpstreamTls::default()
+        ..UpstreamTlsConfig::default()
     };
     let err = client_config(&bad_ca).unwrap_err().to_string();
     assert!(err.contains("bad-ca.pem"), "{err}");
@@ -412,4 +412,49 @@ async fn a_kubernetes_symlink_swap_is_seen_by_the_directory_watch() {
     }
     cancel.cancel();
     task.await.unwrap();
+}
+
+/// Keepalive, TCP_NODELAY and (upstream) TCP_USER_TIMEOUT are set on the socket before TLS
+/// wraps it, and are still there under both TLS stream types, read back through `Conn`.
+#[tokio::test]
+async fn tls_streams_keep_their_legs_socket_options() {
+    use std::time::Duration;
+
+    use socket2::SockRef;
+
+    use crate::net::{self, Conn};
+
+    let ca = ca();
+    let dir = Dir::new();
+    let (cert, key) = leaf(&ca, 1);
+    let acceptor = Acceptor::load(&dir.pair(&cert, &key)).unwrap();
+    let upstream = UpstreamTlsConfig {
+        ca: Some(dir.write("ca.pem", ca.pem())),
+        ..UpstreamTlsConfig::default()
+    };
+    let connector = Connector::new(&upstream, "localhost").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        net::configure_client(&tcp).unwrap();
+        Conn::from(acceptor.accept(tcp).await.unwrap())
+    });
+    let tcp = net::dial("127.0.0.1", port, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let upstream_conn = Conn::from(connector.connect(tcp).await.unwrap());
+    let client_conn = server.await.unwrap();
+    assert!(matches!(client_conn, Conn::ClientTls(_)));
+    assert!(matches!(upstream_conn, Conn::UpstreamTls(_)));
+    for conn in [&client_conn, &upstream_conn] {
+        let tcp = conn.tcp().expect("a socket under the TLS stream");
+        assert!(tcp.nodelay().unwrap());
+        assert!(SockRef::from(tcp).keepalive().unwrap());
+    }
+    let up = SockRef::from(upstream_conn.tcp().unwrap());
+    assert_eq!(
+        up.tcp_user_timeout().unwrap(),
+        Some(Duration::from_secs(30))
+    );
 }

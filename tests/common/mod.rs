@@ -18,6 +18,7 @@ pub mod peers;
 pub mod prom;
 pub mod proxy;
 pub mod raw;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub use netns::*;
 pub use peers::*;
 pub use proxy::*;
 pub use raw::*;
+pub use tls::*;
 
 /// Bound for steps that should be immediate on loopback (a handshake, an echo). Generous so a
 /// loaded CI machine does not flake; the timing tests use their own tight bounds.

@@ -67,6 +67,8 @@ pub struct EchoOptions {
     /// Record messages but never send one back: a legacy server that ignores an application
     /// heartbeat such as a text `ping`.
     pub mute: bool,
+    /// Speak TLS with this config (a `wss://` upstream).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A tokio-tungstenite echo upstream (it answers pings, as tungstenite always does).
@@ -117,7 +119,18 @@ pub async fn spawn_echo_upstream(options: EchoOptions) -> EchoUpstream {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let (req_tx, ev_tx, options) = (req_tx.clone(), ev_tx.clone(), options.clone());
-            tokio::spawn(echo_connection(stream, options, req_tx, ev_tx));
+            let Some(tls) = options.tls.clone() else {
+                tokio::spawn(echo_connection(stream, options, req_tx, ev_tx));
+                continue;
+            };
+            tokio::spawn(async move {
+                match tokio_rustls::TlsAcceptor::from(tls).accept(stream).await {
+                    Ok(stream) => echo_connection(stream, options, req_tx, ev_tx).await,
+                    Err(e) => {
+                        let _ = ev_tx.send(EchoEvent::Ended(Some(format!("TLS: {e}"))));
+                    }
+                }
+            });
         }
     });
     EchoUpstream {
@@ -129,12 +142,14 @@ pub async fn spawn_echo_upstream(options: EchoOptions) -> EchoUpstream {
 
 // tungstenite's handshake callback type returns a large `ErrorResponse`; not ours to change.
 #[allow(clippy::result_large_err)]
-async fn echo_connection(
-    stream: TcpStream,
+async fn echo_connection<S>(
+    stream: S,
     options: EchoOptions,
     req_tx: mpsc::UnboundedSender<RecordedRequest>,
     ev_tx: mpsc::UnboundedSender<EchoEvent>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mute = options.mute;
     let callback = move |req: &Request, mut resp: Response| {
         let target = req
@@ -427,6 +442,30 @@ pub async fn spawn_http_upstream() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
+                let service = hyper::service::service_fn(describe_request);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// [`spawn_http_upstream`] behind TLS with `tls` (an `https://` upstream).
+pub async fn spawn_https_upstream(tls: Arc<rustls::ServerConfig>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind https upstream");
+    let addr = listener.local_addr().expect("local addr");
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
                 let service = hyper::service::service_fn(describe_request);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
