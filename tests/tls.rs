@@ -439,6 +439,55 @@ async fn a_small_message_crosses_both_tls_legs_within_100ms() {
     }
 }
 
+/// While the client reads slower than wsbeat writes, TLS records pile up in rustls' buffer
+/// behind a full socket, and a write can be accepted whole while part of it is still in that
+/// buffer. Once the client catches up, every byte must go out, the end of the last message
+/// included, without waiting for another frame to push it (with heartbeats off, none would).
+#[tokio::test]
+async fn the_tail_of_a_burst_is_flushed_when_a_slow_tls_client_catches_up() {
+    use futures_util::StreamExt;
+
+    const BURST: usize = 32;
+    let pki = Pki::new();
+    let upstream = wss_echo(&pki, 100).await;
+    let url = format!("wss://127.0.0.1:{}", upstream.addr.port());
+    let (proxy, _dir) = tls_proxy(&pki, &url, &NO_PINGS).await;
+    let (ws, _) = wss_connect(&wss_url(&proxy, "/"), pki.client_config())
+        .await
+        .expect("wss handshake");
+    let (mut tx, mut rx) = ws.split();
+    // The last message is large, so its final write meets a full socket.
+    let last = Message::text("z".repeat(256 * 1024));
+    let expected = last.clone();
+    let sender = tokio::spawn(async move {
+        for _ in 0..BURST {
+            tx.send(Message::binary(pattern(64 * 1024)))
+                .await
+                .expect("send burst");
+        }
+        tx.send(last).await.expect("send last");
+        tx
+    });
+    let mut got = 0;
+    let received = loop {
+        let what = format!("message {got} of the burst (a stuck tail never arrives)");
+        match within(Duration::from_secs(3), &what, rx.next()).await {
+            Some(Ok(Message::Binary(_))) => {
+                got += 1;
+                // A slow reader (pacing, not synchronisation): the proxy's socket toward the
+                // client stays full, so its writes end with records left in rustls.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Some(Ok(m @ Message::Text(_))) => break m,
+            Some(Ok(_)) => {}
+            other => panic!("stream ended after {got} messages: {other:?}"),
+        }
+    };
+    assert_eq!(got, BURST);
+    assert!(received == expected, "the last message came back different");
+    drop(sender.await.expect("sender"));
+}
+
 /// At start-up a pair whose key belongs to another certificate is refused with exit code 64
 /// and a message naming both files, before anything is bound.
 #[tokio::test]
