@@ -59,9 +59,14 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// that vanishes right after its last frame is dropped within 20 s + 20 s = 40 s, inside our
 /// 45 s detection budget.
 pub const DEFAULT_CLIENT_PONG_TIMEOUT: Duration = Duration::from_secs(20);
-/// Off: legacy upstreams may never answer pings, so their silence proves nothing. Dead upstreams
-/// are found by [`DEFAULT_UPSTREAM_TCP_USER_TIMEOUT`] instead.
+/// Before an upstream has answered one of our pings, no timeout: legacy upstreams may never
+/// answer pings, so their silence proves nothing (`--upstream-pong-timeout auto`). Dead upstream
+/// hosts are found by [`DEFAULT_UPSTREAM_TCP_USER_TIMEOUT`] instead.
 pub const DEFAULT_UPSTREAM_PONG_TIMEOUT: Duration = Duration::ZERO;
+/// Once an upstream has answered a ping, it is held to this, as clients are to theirs: a
+/// stopped process or a stuck event loop keeps its TCP connection up (the kernel still ACKs),
+/// and only the missing pongs show it. 20 s + 20 s = 40 s, as for a dead client.
+pub const DEFAULT_UPSTREAM_PONG_TIMEOUT_AFTER_PONG: Duration = Duration::from_secs(20);
 /// `TCP_USER_TIMEOUT` on upstream sockets. Our pings put bytes on the wire every 20 s; if the
 /// upstream host's kernel has not acknowledged them after 30 s, the host or the path is gone,
 /// whether or not the application answers pings. Worst case detection: 20 s + 30 s = 50 s.
@@ -321,12 +326,9 @@ impl RelayConfig {
             client: HeartbeatConfig {
                 interval: p.heartbeat_period("--client-ping-interval", &args.client_ping_interval),
                 timeout: p.heartbeat_period("--client-pong-timeout", &args.client_pong_timeout),
+                timeout_after_pong: None,
             },
-            upstream: HeartbeatConfig {
-                interval: p
-                    .heartbeat_period("--upstream-ping-interval", &args.upstream_ping_interval),
-                timeout: p.heartbeat_period("--upstream-pong-timeout", &args.upstream_pong_timeout),
-            },
+            upstream: upstream_heartbeat(args, p),
             close_timeout: p.duration("--close-timeout", &args.close_timeout),
             max_frame_size: p.size("--max-frame-size", &args.max_frame_size),
             upstream_masking: args.upstream_masking,
@@ -341,6 +343,32 @@ impl ShutdownConfig {
             drain_delay: p.duration("--drain-delay", &args.drain_delay),
             grace: p.duration("--shutdown-grace", &args.shutdown_grace),
         }
+    }
+}
+
+/// The upstream heartbeat: `--upstream-pong-timeout` is `auto` (no timeout until the upstream
+/// answers a ping, then `--upstream-pong-timeout-after-pong`), `0` or a duration.
+fn upstream_heartbeat(args: &RelayArgs, p: &mut Problems) -> HeartbeatConfig {
+    let interval = p.heartbeat_period("--upstream-ping-interval", &args.upstream_ping_interval);
+    let after_pong = p.heartbeat_period(
+        "--upstream-pong-timeout-after-pong",
+        &args.upstream_pong_timeout_after_pong,
+    );
+    if args
+        .upstream_pong_timeout
+        .trim()
+        .eq_ignore_ascii_case("auto")
+    {
+        return HeartbeatConfig {
+            interval,
+            timeout: Duration::ZERO,
+            timeout_after_pong: Some(after_pong),
+        };
+    }
+    HeartbeatConfig {
+        interval,
+        timeout: p.heartbeat_period("--upstream-pong-timeout", &args.upstream_pong_timeout),
+        timeout_after_pong: None,
     }
 }
 
@@ -492,7 +520,10 @@ impl Config {
         if !self.relay.client.interval.is_zero() && self.relay.client.timeout.is_zero() {
             out.push("--client-pong-timeout 0: dead clients are then only found by TCP keepalive, which can take hours".into());
         }
-        if self.relay.upstream.timeout.is_zero() && self.upstream.tcp_user_timeout.is_zero() {
+        let upstream = self.relay.upstream;
+        // `auto` runs only after a pong, and a pong only answers a ping.
+        let auto_can_run = upstream.timeout_after_pong.is_some() && !upstream.interval.is_zero();
+        if upstream.timeout.is_zero() && !auto_can_run && self.upstream.tcp_user_timeout.is_zero() {
             out.push("--upstream-pong-timeout 0 and --upstream-tcp-user-timeout 0: dead upstreams are then only found by TCP keepalive; set one of them".into());
         }
         if self.relay.upstream_masking == UpstreamMasking::Forward && !self.upstream_is_local() {
@@ -539,7 +570,7 @@ impl Config {
             format_duration(self.relay.client.interval),
             format_duration(self.relay.client.timeout),
             format_duration(self.relay.upstream.interval),
-            format_duration(self.relay.upstream.timeout),
+            describe_pong_timeout(self.relay.upstream),
             format_duration(self.upstream.tcp_user_timeout),
             format_duration(self.upstream.connect_timeout),
             format_duration(self.clients.handshake_timeout),
@@ -570,4 +601,14 @@ fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0
         && a.port() == b.port()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// `--upstream-pong-timeout` as the operator would write it.
+fn describe_pong_timeout(hb: HeartbeatConfig) -> String {
+    match hb.timeout_after_pong {
+        Some(after) if hb.timeout.is_zero() => {
+            format!("auto(after_pong={})", format_duration(after))
+        }
+        _ => format_duration(hb.timeout),
+    }
 }

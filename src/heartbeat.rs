@@ -1,18 +1,28 @@
 //! Per-side heartbeat: a pure state machine with no I/O and no clock of its own.
 //!
 //! One [`Heartbeat`] exists per leg of a session (client and upstream). The relay is its only
-//! driver: it reports what it saw (`on_activity`, `on_pong`) and asks when to wake up
-//! (`poll_timeout`); when that instant arrives it calls `handle_timeout`, which says whether to
-//! send a ping or to declare the peer dead. Time is always passed in, so the whole table of
-//! behaviours is unit-tested with plain `#[test]`s (the design follows quinn-proto's timers).
+//! driver: it reports what it saw (`on_activity`, `on_ping_written`, `on_pong`) and asks when to
+//! wake up (`poll_timeout`); when that instant arrives it calls `handle_timeout`, which says
+//! whether to send a ping or to declare the peer dead. Time is always passed in, so the whole
+//! table of behaviours is unit-tested with plain `#[test]`s (the design follows quinn-proto's
+//! timers).
 //!
 //! Semantics:
 //! - A ping is due every `interval` after the previous one, regardless of traffic, so that an
 //!   idle-timeout middlebox always sees the leg carry bytes at least that often.
-//! - Any frame from the peer proves it alive. After a ping, if the peer sends nothing at all for
-//!   `timeout`, the peer is dead. Later pings do not extend that deadline.
-//! - Our ping payloads are tagged (`wb` + 48-bit sequence number), so the pong that echoes the
-//!   latest ping gives a round-trip time; other pongs are foreign and are ignored (RFC 6455 5.5.3).
+//! - Any sign of life proves the peer alive: a frame from it, or the peer taking bytes that
+//!   were waiting for it (the driver decides what counts; see the relay).
+//! - The pong timeout runs from when a ping *left* wsbeat (was written to the socket), not from
+//!   when it was queued: a ping stuck behind a large frame toward a slow reader is not the
+//!   peer's fault. While the ping cannot be written at all, the timeout runs from when it was
+//!   queued: a leg that takes no bytes for the whole timeout is dead. Later pings do not extend
+//!   a running timeout.
+//! - With `timeout_after_pong` (`--upstream-pong-timeout auto`), no timeout runs until the peer
+//!   has answered one of our pings; from then on it is held to that timeout. A peer that never
+//!   pongs is never killed for it; one that has shown it can pong is.
+//! - Our ping payloads are tagged (`wb` + 48-bit sequence number), so a pong that echoes one of
+//!   them is ours, and the one that echoes the latest gives a round-trip time; other pongs are
+//!   foreign and are ignored (RFC 6455 5.5.3).
 
 use std::time::Duration;
 
@@ -32,8 +42,12 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400);
 pub struct HeartbeatConfig {
     /// Time between two pings; zero sends none.
     pub interval: Duration,
-    /// After a ping, how long the peer may stay silent before it is dead; zero never expires.
+    /// After a ping left wsbeat, how long the peer may show no sign of life before it is dead;
+    /// zero never expires (until the peer pongs, when `timeout_after_pong` is set).
     pub timeout: Duration,
+    /// Once the peer has answered one of our pings, the timeout that holds from then on, in
+    /// place of `timeout` (`--upstream-pong-timeout auto`). `None`: `timeout` always holds.
+    pub timeout_after_pong: Option<Duration>,
 }
 
 impl HeartbeatConfig {
@@ -41,6 +55,7 @@ impl HeartbeatConfig {
     pub const OFF: HeartbeatConfig = HeartbeatConfig {
         interval: Duration::ZERO,
         timeout: Duration::ZERO,
+        timeout_after_pong: None,
     };
 }
 
@@ -56,10 +71,23 @@ pub(crate) enum Action {
 /// How a received pong relates to our pings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PongMatch {
-    /// It echoes our latest ping; `rtt` is the time since that ping was sent.
-    Ours { rtt: Duration },
-    /// Unsolicited, or an answer to an older ping: ignored apart from proving liveness.
+    /// It echoes one of our pings. `rtt`: the time since the latest ping left wsbeat, when it
+    /// echoes that one; `None` for an answer to an older ping.
+    Ours { rtt: Option<Duration> },
+    /// Unsolicited or not ours: ignored apart from proving liveness.
     Foreign,
+}
+
+/// Where the current liveness probe stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    /// The peer showed life since our last ping left: nothing is outstanding.
+    Settled,
+    /// A ping is queued since `since` but not written yet (it waits behind a frame toward a
+    /// peer that takes no bytes).
+    Queued { since: Instant },
+    /// A ping left wsbeat at `since`, and the peer has shown no life since.
+    Sent { since: Instant },
 }
 
 /// Heartbeat state of one leg.
@@ -68,11 +96,12 @@ pub(crate) struct Heartbeat {
     cfg: HeartbeatConfig,
     /// When the next ping is due (meaningless when pings are off).
     next_ping: Instant,
-    /// Time of the first ping sent since the peer was last heard from.
-    awaiting_since: Option<Instant>,
+    probe: Probe,
     /// Sequence number and send time of the latest ping, to match its pong.
     last_ping: Option<(u64, Instant)>,
     seq: u64,
+    /// The peer has answered one of our pings.
+    ponged: bool,
 }
 
 impl Heartbeat {
@@ -81,36 +110,71 @@ impl Heartbeat {
         Heartbeat {
             cfg,
             next_ping: now + cfg.interval,
-            awaiting_since: None,
+            probe: Probe::Settled,
             last_ping: None,
             seq: 0,
+            ponged: false,
         }
     }
 
-    /// Any frame arrived from the peer: it is alive. No time is needed: liveness only clears
-    /// the pending expiry, so the relay can report it without reading the clock per read.
+    /// The peer showed life: a frame arrived from it, or it took bytes that waited for it. No
+    /// time is needed: liveness only settles the probe, so the relay can report it without
+    /// reading the clock per read.
     pub(crate) fn on_activity(&mut self) {
-        self.awaiting_since = None;
+        self.probe = Probe::Settled;
+    }
+
+    /// The latest ping was written to the socket at `now`: the pong timeout starts, unless one
+    /// already runs for an earlier ping.
+    pub(crate) fn on_ping_written(&mut self, now: Instant) {
+        if !matches!(self.probe, Probe::Sent { .. }) {
+            self.probe = Probe::Sent { since: now };
+        }
+        if let Some((seq, _)) = self.last_ping {
+            self.last_ping = Some((seq, now));
+        }
     }
 
     /// A pong arrived. It also counts as activity.
     pub(crate) fn on_pong(&mut self, payload: &[u8], now: Instant) -> PongMatch {
         self.on_activity();
-        match (self.last_ping, parse_payload(payload)) {
-            (Some((seq, sent)), Some(got)) if got == seq => {
+        let Some(got) = parse_payload(payload).filter(|&got| got != 0 && got <= self.seq) else {
+            return PongMatch::Foreign;
+        };
+        self.ponged = true;
+        match self.last_ping {
+            Some((seq, sent)) if got == seq => {
                 self.last_ping = None;
                 PongMatch::Ours {
-                    rtt: now.saturating_duration_since(sent),
+                    rtt: Some(now.saturating_duration_since(sent)),
                 }
             }
-            _ => PongMatch::Foreign,
+            _ => PongMatch::Ours { rtt: None },
         }
     }
 
-    /// True while a ping is outstanding and the peer has said nothing since.
+    /// True while a ping is outstanding and the peer has shown no life since.
     #[cfg(test)]
     fn is_awaiting(&self) -> bool {
-        self.awaiting_since.is_some()
+        self.probe != Probe::Settled
+    }
+
+    /// The timeout in force: `timeout_after_pong` once the peer has ponged, if set.
+    fn timeout(&self) -> Duration {
+        match self.cfg.timeout_after_pong {
+            Some(after) if self.ponged => after,
+            _ => self.cfg.timeout,
+        }
+    }
+
+    /// When the peer expires unless it shows life first, if a probe is outstanding.
+    fn expiry(&self) -> Option<Instant> {
+        let timeout = self.timeout();
+        match self.probe {
+            _ if timeout.is_zero() => None,
+            Probe::Settled => None,
+            Probe::Queued { since } | Probe::Sent { since } => Some(since + timeout),
+        }
     }
 
     /// The next instant at which `handle_timeout` has something to do.
@@ -119,11 +183,7 @@ impl Heartbeat {
     /// earlier instant: `handle_timeout` then does nothing and the driver re-arms.
     pub(crate) fn poll_timeout(&self) -> Instant {
         let ping = (!self.cfg.interval.is_zero()).then_some(self.next_ping);
-        let expiry = match (self.awaiting_since, self.cfg.timeout.is_zero()) {
-            (Some(since), false) => Some(since + self.cfg.timeout),
-            _ => None,
-        };
-        match (ping, expiry) {
+        match (ping, self.expiry()) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
             // With pings off, `next_ping` holds the last time the driver asked (see
@@ -134,10 +194,7 @@ impl Heartbeat {
 
     /// Acts on the clock reaching `now`: expiry wins over a due ping.
     pub(crate) fn handle_timeout(&mut self, now: Instant) -> Option<Action> {
-        if let Some(since) = self.awaiting_since
-            && !self.cfg.timeout.is_zero()
-            && now >= since + self.cfg.timeout
-        {
+        if self.expiry().is_some_and(|at| now >= at) {
             return Some(Action::Expire);
         }
         if self.cfg.interval.is_zero() {
@@ -153,7 +210,9 @@ impl Heartbeat {
         }
         self.seq = (self.seq + 1) & 0xFFFF_FFFF_FFFF;
         self.last_ping = Some((self.seq, now));
-        self.awaiting_since.get_or_insert(now);
+        if self.probe == Probe::Settled {
+            self.probe = Probe::Queued { since: now };
+        }
         Some(Action::SendPing(encode_payload(self.seq)))
     }
 }
@@ -184,6 +243,15 @@ mod tests {
         HeartbeatConfig {
             interval: S * interval as u32,
             timeout: S * timeout as u32,
+            timeout_after_pong: None,
+        }
+    }
+
+    /// `--upstream-pong-timeout auto` with this after-pong timeout.
+    fn auto(interval: u64, after_pong: u64) -> HeartbeatConfig {
+        HeartbeatConfig {
+            timeout_after_pong: Some(S * after_pong as u32),
+            ..cfg(interval, 0)
         }
     }
 
@@ -210,7 +278,10 @@ mod tests {
         let mut hb = Heartbeat::new(cfg(20, 20), t0);
         let p = ping_payload(hb.handle_timeout(t0 + 20 * S));
         let rtt = Duration::from_millis(15);
-        assert_eq!(hb.on_pong(&p, t0 + 20 * S + rtt), PongMatch::Ours { rtt });
+        assert_eq!(
+            hb.on_pong(&p, t0 + 20 * S + rtt),
+            PongMatch::Ours { rtt: Some(rtt) }
+        );
         assert!(!hb.is_awaiting());
         // The next event is the next ping, not an expiry.
         assert_eq!(hb.poll_timeout(), t0 + 40 * S);
@@ -270,15 +341,108 @@ mod tests {
     }
 
     #[test]
-    fn pong_to_an_older_ping_is_foreign() {
+    fn pong_to_an_older_ping_is_ours_without_an_rtt() {
         let t0 = Instant::now();
         let mut hb = Heartbeat::new(cfg(1, 0), t0);
         let first = ping_payload(hb.handle_timeout(t0 + S));
         let second = ping_payload(hb.handle_timeout(t0 + 2 * S));
-        assert_eq!(hb.on_pong(&first, t0 + 2 * S), PongMatch::Foreign);
-        assert_eq!(hb.on_pong(&second, t0 + 3 * S), PongMatch::Ours { rtt: S });
-        // A duplicate of the same pong is no longer ours.
-        assert_eq!(hb.on_pong(&second, t0 + 3 * S), PongMatch::Foreign);
+        assert_eq!(
+            hb.on_pong(&first, t0 + 2 * S),
+            PongMatch::Ours { rtt: None }
+        );
+        assert_eq!(
+            hb.on_pong(&second, t0 + 3 * S),
+            PongMatch::Ours { rtt: Some(S) }
+        );
+        // A duplicate of the same pong gives no second round-trip time.
+        assert_eq!(
+            hb.on_pong(&second, t0 + 3 * S),
+            PongMatch::Ours { rtt: None }
+        );
+        // A pong for a ping never sent is not ours.
+        assert_eq!(
+            hb.on_pong(&encode_payload(9), t0 + 3 * S),
+            PongMatch::Foreign
+        );
+    }
+
+    /// A ping stuck behind a large frame toward a slow reader: its timeout starts when it is
+    /// written, and the round-trip time is measured from then.
+    #[test]
+    fn the_pong_timeout_runs_from_when_the_ping_was_written() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(cfg(2, 2), t0);
+        let p = ping_payload(hb.handle_timeout(t0 + 2 * S));
+        // The peer takes bytes of the frame ahead of the ping: alive.
+        hb.on_activity();
+        assert_eq!(
+            hb.handle_timeout(t0 + 4 * S).map(|a| a == Action::Expire),
+            Some(false)
+        );
+        hb.on_ping_written(t0 + 5 * S);
+        assert_eq!(hb.poll_timeout(), t0 + 6 * S, "next ping");
+        ping_payload(hb.handle_timeout(t0 + 6 * S));
+        assert_eq!(hb.poll_timeout(), t0 + 7 * S, "expiry: 2 s after the write");
+        let rtt = Duration::from_millis(500);
+        assert_eq!(hb.handle_timeout(t0 + 6 * S + rtt), None);
+        // The older ping's pong arrives: ours, no RTT (the newest ping is outstanding).
+        assert_eq!(
+            hb.on_pong(&p, t0 + 6 * S + rtt),
+            PongMatch::Ours { rtt: None }
+        );
+        assert!(!hb.is_awaiting());
+    }
+
+    /// A ping that cannot be written at all (the peer takes no bytes) still expires one
+    /// timeout after it was queued, and a later write does not extend a running timeout.
+    #[test]
+    fn a_ping_that_cannot_be_written_expires_from_when_it_was_queued() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(cfg(1, 2), t0);
+        ping_payload(hb.handle_timeout(t0 + S));
+        assert_eq!(hb.poll_timeout(), t0 + 2 * S);
+        ping_payload(hb.handle_timeout(t0 + 2 * S));
+        assert_eq!(hb.handle_timeout(t0 + 3 * S), Some(Action::Expire));
+
+        let mut hb = Heartbeat::new(cfg(1, 2), t0);
+        ping_payload(hb.handle_timeout(t0 + S));
+        hb.on_ping_written(t0 + S);
+        ping_payload(hb.handle_timeout(t0 + 2 * S));
+        hb.on_ping_written(t0 + 2 * S);
+        assert_eq!(hb.handle_timeout(t0 + 3 * S), Some(Action::Expire));
+    }
+
+    #[test]
+    fn auto_runs_no_timeout_until_the_peer_has_ponged() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(auto(1, 2), t0);
+        for i in 1..100 {
+            ping_payload(hb.handle_timeout(t0 + S * i));
+            hb.on_ping_written(t0 + S * i);
+        }
+        assert_eq!(
+            hb.poll_timeout(),
+            t0 + 100 * S,
+            "only pings, never an expiry"
+        );
+        // A foreign pong proves nothing about our pings.
+        assert_eq!(hb.on_pong(b"hello", t0 + 100 * S), PongMatch::Foreign);
+        let p = ping_payload(hb.handle_timeout(t0 + 100 * S));
+        hb.on_ping_written(t0 + 100 * S);
+        assert_eq!(
+            hb.handle_timeout(t0 + 103 * S).map(|a| a == Action::Expire),
+            Some(false)
+        );
+        assert!(matches!(
+            hb.on_pong(&p, t0 + 103 * S),
+            PongMatch::Ours { .. }
+        ));
+        // From now on it is held to the after-pong timeout.
+        ping_payload(hb.handle_timeout(t0 + 104 * S));
+        hb.on_ping_written(t0 + 104 * S);
+        assert_eq!(hb.poll_timeout(), t0 + 105 * S);
+        ping_payload(hb.handle_timeout(t0 + 105 * S));
+        assert_eq!(hb.handle_timeout(t0 + 106 * S), Some(Action::Expire));
     }
 
     #[test]

@@ -28,6 +28,15 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Unanswered probes before the kernel drops the connection (15 s + 3 × 5 s = 30 s).
 const KEEPALIVE_RETRIES: u32 = 3;
 
+/// `TCP_NOTSENT_LOWAT` on both legs: the kernel keeps at most this many bytes queued that it
+/// has not sent yet, and wakes the writer when fewer wait. Without it, a socket toward a slow
+/// reader queues megabytes and reports room only after a third of its buffer drained, so the
+/// relay saw the peer take bytes only every few seconds, and our pings waited behind all of it.
+/// With it, the relay sees each 8 KiB the peer takes (its liveness, see the relay) and pings
+/// wait behind at most this much unsent data. 16 KiB is the value in common use for latency;
+/// bytes in flight are not limited by it, so a fast reader's throughput is not either.
+const NOTSENT_LOWAT_BYTES: u32 = 16 * 1024;
+
 fn keepalive() -> TcpKeepalive {
     TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
@@ -41,7 +50,9 @@ fn keepalive() -> TcpKeepalive {
 /// The `setsockopt` error, which callers log and otherwise ignore.
 pub fn configure_client(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    SockRef::from(stream).set_tcp_keepalive(&keepalive())
+    let sock = SockRef::from(stream);
+    sock.set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES)?;
+    sock.set_tcp_keepalive(&keepalive())
 }
 
 /// Why dialing the upstream failed.
@@ -238,6 +249,7 @@ async fn connect_one(addr: SocketAddr, user_timeout: Duration) -> io::Result<Tcp
     socket.set_nodelay(true)?;
     let sock = SockRef::from(&socket);
     sock.set_tcp_keepalive(&keepalive())?;
+    sock.set_tcp_notsent_lowat(NOTSENT_LOWAT_BYTES)?;
     if !user_timeout.is_zero() {
         sock.set_tcp_user_timeout(Some(user_timeout))?;
     }

@@ -23,6 +23,17 @@
 //! When a leg dies (pong timeout, or TCP ends without a close frame) it is dropped at once and the
 //! survivor gets a close frame ([`leg::CloseFrame::for_survivor`] decides which).
 //!
+//! Liveness: a leg is alive while it shows life, not only while it answers pings in time.
+//! - Every frame read from it counts, and so do bytes it takes after its socket was full: the
+//!   kernel makes room only when the peer acknowledged data, which under backpressure means its
+//!   application read. So a client on a slow link that is busy reading large messages is not
+//!   dropped because our ping waits behind them. Writes into a socket with room prove nothing,
+//!   so a deaf peer is still found.
+//! - The pong timeout runs from when the ping was written to the socket, not when it was
+//!   queued; a leg that takes no byte at all for the timeout is dead as before.
+//! - Read before declaring: when a heartbeat says dead, the leg only becomes a suspect; the
+//!   verdict stands if reading what already sits in its socket shows no life.
+//!
 //! Layout: [`leg`] holds a leg's state as enums (what may still be read, how far the close
 //! toward it has come), [`pump`] one direction's buffer and framing, [`direction`] the I/O of
 //! one direction, and [`timers`] every deadline of the session in one table.
@@ -52,7 +63,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::Side;
 pub use crate::config::RelayConfig;
-use crate::frame::{self, close_code};
+use crate::frame::close_code;
 use crate::heartbeat::Action;
 use crate::metrics::{Metrics, Shard, Tally};
 use crate::outcome::{CloseReason, Initiator, Outcome};
@@ -217,6 +228,10 @@ struct Session<C, U> {
     timer: Pin<Box<Sleep>>,
     /// The timer was polled since it was last armed, so it will wake this task when due.
     timer_registered: bool,
+    /// Legs whose heartbeat said "dead" during this wake-up. The verdict stands only after
+    /// what already sits in their sockets has been read: a proxy starved of CPU for a while
+    /// must not kill a peer whose pong is waiting in its receive buffer.
+    suspects: [bool; 2],
     drain: DrainWatcher,
     /// Wakes this task when the drain starts; polled once to register, then only when the
     /// drain flag says it is ready.
@@ -292,6 +307,7 @@ where
             timers,
             timer: Box::pin(tokio::time::sleep_until(first)),
             timer_registered: false,
+            suspects: [false; 2],
             drain_wait: Box::pin(drain.going_away_owned()),
             drain,
             drain_registered: false,
@@ -315,13 +331,10 @@ where
             leg.read_parked = false;
             leg.write_parked = false;
         }
-        let mut rounds = 0;
-        while self.poll_directions(cx) {
-            rounds += 1;
-            if rounds == ROUNDS_PER_POLL {
-                cx.waker().wake_by_ref();
-                break;
-            }
+        self.relay_ready(cx);
+        if self.suspects != [false; 2] && self.confirm_suspects(cx) {
+            // A leg was dropped: tell the survivor now.
+            self.relay_ready(cx);
         }
         self.publish();
         if self.client.st.done() && self.upstream.st.done() {
@@ -332,6 +345,38 @@ where
             return Poll::Ready(self.finish());
         }
         Poll::Pending
+    }
+
+    /// Moves frames both ways until nothing moves, or for a bounded number of rounds.
+    fn relay_ready(&mut self, cx: &mut Context<'_>) {
+        let mut rounds = 0;
+        while self.poll_directions(cx) {
+            rounds += 1;
+            if rounds == ROUNDS_PER_POLL {
+                cx.waker().wake_by_ref();
+                break;
+            }
+        }
+    }
+
+    /// Asks the suspected legs' heartbeats again, now that their sockets have been read: a
+    /// leg that showed life is kept, the others are dropped. True if one was dropped.
+    fn confirm_suspects(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = Instant::now();
+        let mut dropped = false;
+        for side in Side::ALL {
+            if std::mem::take(&mut self.suspects[side.index()]) {
+                dropped |= self.on_heartbeat_due(side, now, true);
+            }
+        }
+        if let Some(next) = self.timers.next() {
+            self.timer.as_mut().reset(next);
+            self.timer_registered = true;
+            if self.timer.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+        dropped
     }
 
     /// Starts the close handshake when the drain begins.
@@ -534,7 +579,7 @@ where
             }
             for side in Side::ALL {
                 if self.timers.is_expired(Timer::heartbeat(side), now) {
-                    self.on_heartbeat_due(side, now);
+                    self.on_heartbeat_due(side, now, false);
                 }
                 if self.timers.is_expired(Timer::text(side), now) {
                     self.on_text_due(side, now);
@@ -572,8 +617,10 @@ where
         self.timer.as_mut().poll(cx).is_ready()
     }
 
-    /// Lets `side`'s heartbeat act at `now`: sends a ping, or declares the peer dead.
-    fn on_heartbeat_due(&mut self, side: Side, now: Instant) {
+    /// Lets `side`'s heartbeat act at `now`: sends a ping, or declares the peer dead. A first
+    /// verdict of death only makes the leg a suspect; `confirmed` is the second asking, after
+    /// its socket was read. Returns whether the leg was dropped.
+    fn on_heartbeat_due(&mut self, side: Side, now: Instant, confirmed: bool) -> bool {
         let timer = Timer::heartbeat(side);
         let (leg, from_pump) = match side {
             Side::Client => (&mut self.client.st, &self.c2u),
@@ -581,7 +628,7 @@ where
         };
         if leg.is_dropped() {
             self.timers.stop(timer);
-            return;
+            return false;
         }
         if from_pump.is_stalled() {
             // We stopped reading this leg because its bytes cannot be delivered; they are
@@ -590,19 +637,24 @@ where
         }
         match leg.hb.handle_timeout(now) {
             Some(Action::SendPing(payload)) => {
-                leg.queue_control(frame::OP_PING, &payload);
+                leg.queue_ping(&payload);
                 self.metrics.pings_sent[side.index()].inc();
                 self.info.on_ping(side);
             }
             Some(Action::Expire) => {
-                self.on_peer_timeout(side);
                 self.timers.stop(timer);
-                return;
+                if !confirmed {
+                    self.suspects[side.index()] = true;
+                    return false;
+                }
+                self.on_peer_timeout(side);
+                return true;
             }
             None => {}
         }
         let at = on_grid(leg.hb.poll_timeout(), timer_grid(&self.cfg));
         self.timers.set(timer, at);
+        false
     }
 
     /// Sends `side` its injected text message (keep-alive or text ping) if it has been quiet

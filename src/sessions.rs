@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub struct LegInfo {
     /// When (ms since the session started) and what the latest text heartbeat on this leg was.
     last_text_ms: AtomicU64,
     last_text_kind: AtomicU8,
+    ponged: AtomicBool,
 }
 
 impl Default for LegInfo {
@@ -41,6 +42,7 @@ impl Default for LegInfo {
             bytes_received: AtomicU64::new(0),
             last_text_ms: AtomicU64::new(NONE),
             last_text_kind: AtomicU8::new(0),
+            ponged: AtomicBool::new(false),
         }
     }
 }
@@ -72,6 +74,14 @@ impl SessionInfo {
         self.legs[side.index()]
             .pings_sent
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `side` answered one of our pings: it can pong, so `--upstream-pong-timeout auto` holds
+    /// it to a timeout from now on.
+    pub fn on_ponged(&self, side: Side) {
+        self.legs[side.index()]
+            .ponged
+            .store(true, Ordering::Relaxed);
     }
 
     /// `side` answered our ping after `rtt`.
@@ -113,6 +123,7 @@ impl SessionInfo {
                 last_frame_received_seconds_ago: (rx != NONE)
                     .then(|| age.saturating_sub(Duration::from_millis(rx)).as_secs_f64()),
                 pings_sent: l.pings_sent.load(Ordering::Relaxed),
+                ponged: l.ponged.load(Ordering::Relaxed),
                 bytes_received: l.bytes_received.load(Ordering::Relaxed),
                 last_text_heartbeat,
             }
@@ -145,6 +156,9 @@ pub struct LegView {
     last_rtt_seconds: Option<f64>,
     last_frame_received_seconds_ago: Option<f64>,
     pings_sent: u64,
+    /// The leg answered at least one of our pings (with `--upstream-pong-timeout auto`, the
+    /// upstream leg is held to a pong timeout only from then on).
+    ponged: bool,
     bytes_received: u64,
     last_text_heartbeat: Option<TextHeartbeatView>,
 }
@@ -254,9 +268,11 @@ mod tests {
         let info = reg.info();
         info.on_ping(Side::Upstream);
         info.on_rtt(Side::Upstream, Duration::from_millis(3));
+        info.on_ponged(Side::Upstream);
         info.on_received(Side::Client, 42, Instant::now());
         let v = &s.list(10)[0];
         assert_eq!(v.upstream.pings_sent, 1);
+        assert!(v.upstream.ponged && !v.client.ponged);
         assert_eq!(v.upstream.last_rtt_seconds, Some(0.003));
         assert_eq!(v.client.bytes_received, 42);
         assert!(v.client.last_frame_received_seconds_ago.is_some());

@@ -191,6 +191,7 @@ fn relay_config(case: &Case) -> RelayConfig {
     let hb = HeartbeatConfig {
         interval: Duration::from_secs(1),
         timeout: Duration::ZERO,
+        timeout_after_pong: None,
     };
     RelayConfig {
         client: hb,

@@ -227,14 +227,23 @@ pub struct RelayArgs {
     )]
     pub upstream_ping_interval: String,
 
-    /// After a ping, how long the upstream may stay silent (0 = never, as legacy upstreams may not answer pings; otherwise at least 10ms).
+    /// After a ping, how long the upstream may stay silent: auto = no limit until it has answered one of our pings, then --upstream-pong-timeout-after-pong (legacy upstreams may never pong); 0 = never; otherwise at least 10ms.
     #[arg(
         long,
         env = "WSBEAT_UPSTREAM_PONG_TIMEOUT",
-        value_name = "DUR",
-        default_value = "0"
+        value_name = "auto|DUR",
+        default_value = "auto"
     )]
     pub upstream_pong_timeout: String,
+
+    /// With --upstream-pong-timeout auto: the pong timeout of an upstream that has answered one of our pings (at least 10ms).
+    #[arg(
+        long,
+        env = "WSBEAT_UPSTREAM_PONG_TIMEOUT_AFTER_PONG",
+        value_name = "DUR",
+        default_value = "20s"
+    )]
+    pub upstream_pong_timeout_after_pong: String,
 
     /// How long a closing session waits for the close handshake before dropping both legs.
     #[arg(

@@ -57,11 +57,13 @@ fn defaults_match_the_documented_constants() {
     let client = HeartbeatConfig {
         interval: DEFAULT_PING_INTERVAL,
         timeout: DEFAULT_CLIENT_PONG_TIMEOUT,
+        timeout_after_pong: None,
     };
     assert_eq!(config.relay.client, client);
     let upstream = HeartbeatConfig {
         interval: DEFAULT_PING_INTERVAL,
         timeout: DEFAULT_UPSTREAM_PONG_TIMEOUT,
+        timeout_after_pong: Some(DEFAULT_UPSTREAM_PONG_TIMEOUT_AFTER_PONG),
     };
     assert_eq!(config.relay.upstream, upstream);
     let tcp_user_timeout = DEFAULT_UPSTREAM_TCP_USER_TIMEOUT;
@@ -107,6 +109,7 @@ fn flags_set_every_field() {
     let hb = |a, b| HeartbeatConfig {
         interval: ms(a),
         timeout: ms(b),
+        timeout_after_pong: None,
     };
     assert_eq!(config.relay.client, hb(1000, 2000));
     assert_eq!(config.relay.upstream, hb(3000, 4000));
@@ -314,6 +317,37 @@ fn a_tls_cert_needs_its_key() {
 }
 
 #[test]
+fn upstream_pong_timeout_is_auto_zero_or_a_duration() {
+    let hb = |flags: &str| {
+        config(&format!("{UPSTREAM} {flags}"))
+            .unwrap()
+            .relay
+            .upstream
+    };
+    let auto = hb("--upstream-pong-timeout-after-pong 3s");
+    assert_eq!(
+        (auto.timeout, auto.timeout_after_pong),
+        (Duration::ZERO, Some(ms(3000)))
+    );
+    assert_eq!(
+        hb("--upstream-pong-timeout AUTO --upstream-pong-timeout-after-pong 3s"),
+        auto
+    );
+    let off = hb("--upstream-pong-timeout 0");
+    assert_eq!(
+        (off.timeout, off.timeout_after_pong),
+        (Duration::ZERO, None)
+    );
+    let fixed = hb("--upstream-pong-timeout 2s");
+    assert_eq!((fixed.timeout, fixed.timeout_after_pong), (ms(2000), None));
+    let bad = problems(&format!("{UPSTREAM} --upstream-pong-timeout sometimes"));
+    assert!(
+        bad[0].starts_with("--upstream-pong-timeout \"sometimes\""),
+        "{bad:?}"
+    );
+}
+
+#[test]
 fn risky_settings_warn() {
     let line = "--client-ping-interval 60s --client-pong-timeout 0 \
                 --upstream-ping-interval 0 --upstream-tcp-user-timeout 0";
@@ -352,7 +386,7 @@ fn log_summary_shows_effective_values() {
     for part in [
         "listen=0.0.0.0:8080",
         "upstream=(demo)",
-        "upstream_pong_timeout=0 ",
+        "upstream_pong_timeout=auto(after_pong=20s) ",
         "client_pong_timeout=20s",
         "max_frame_size=16MiB",
         "demo=127.0.0.1:0",
@@ -363,10 +397,12 @@ fn log_summary_shows_effective_values() {
 }
 
 /// Every flag keeps the name, variable and default it had before the flags were grouped:
-/// deployments set them, so a rename is a breaking change, not a refactoring.
+/// deployments set them, so a rename is a breaking change, not a refactoring. One default
+/// changed on purpose: `--upstream-pong-timeout` is `auto` (it was 0), so that a hung upstream
+/// that has shown it can pong is found.
 #[test]
 fn flag_names_variables_and_defaults_are_stable() {
-    let expected: [(&str, Option<&str>); 43] = [
+    let expected: [(&str, Option<&str>); 44] = [
         ("listen", Some(DEFAULT_LISTEN)),
         ("admin-listen", Some(DEFAULT_ADMIN_LISTEN)),
         ("upstream", None),
@@ -377,7 +413,8 @@ fn flag_names_variables_and_defaults_are_stable() {
         ("client-ping-interval", Some("20s")),
         ("client-pong-timeout", Some("20s")),
         ("upstream-ping-interval", Some("20s")),
-        ("upstream-pong-timeout", Some("0")),
+        ("upstream-pong-timeout", Some("auto")),
+        ("upstream-pong-timeout-after-pong", Some("20s")),
         ("close-timeout", Some("5s")),
         ("max-frame-size", Some("16MiB")),
         ("upstream-masking", Some("fresh")),
@@ -481,10 +518,12 @@ fn relay_settings_are_one_group() {
         client: HeartbeatConfig {
             interval: ms(10),
             timeout: ms(15),
+            timeout_after_pong: None,
         },
         upstream: HeartbeatConfig {
             interval: ms(60_000),
             timeout: Duration::ZERO,
+            timeout_after_pong: None,
         },
         close_timeout: ms(2000),
         max_frame_size: 64 * 1024,
@@ -529,6 +568,7 @@ fn heartbeat_periods_below_10ms_are_refused() {
         "--client-pong-timeout",
         "--upstream-ping-interval",
         "--upstream-pong-timeout",
+        "--upstream-pong-timeout-after-pong",
     ] {
         for raw in ["0.001ms", "1ms", "9.999ms"] {
             let found = problems(&format!("{UPSTREAM} {flag} {raw}"));

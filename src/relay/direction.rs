@@ -91,10 +91,14 @@ where
             dst.st.release_text();
         }
         match write_once(io, &mut dst.st, pump, cx) {
-            Poll::Ready(Ok(true)) => progress = true,
+            Poll::Ready(Ok(true)) => {
+                dst.st.on_write_progress();
+                progress = true;
+            }
             Poll::Ready(Ok(false)) => break,
             Poll::Pending => {
                 dst.st.write_parked = true;
+                dst.st.on_write_blocked();
                 break;
             }
             Poll::Ready(Err(_)) => return Err(Event::Lost(dst.st.side())),
@@ -103,13 +107,28 @@ where
     if pump.close_forwarded() && pump.is_drained() && dst.st.on_close_relayed() {
         progress = true;
     }
-    if progress {
-        match Pin::new(io).poll_flush(cx) {
-            Poll::Ready(Err(_)) => return Err(Event::Lost(dst.st.side())),
-            Poll::Ready(Ok(())) | Poll::Pending => {}
-        }
+    if progress || dst.st.flush_owed {
+        poll_flush(io, &mut dst.st, cx)?;
     }
     Ok(progress)
+}
+
+/// Flushes what was written to `io`. A flush that cannot finish now (TLS holding encrypted
+/// bytes) stays owed and is polled again on every wake-up until it completes: otherwise those
+/// bytes would wait for the next frame, which may be a ping many seconds later.
+fn poll_flush<B>(io: &mut B, leg: &mut LegState, cx: &mut Context<'_>) -> Result<(), Event>
+where
+    B: AsyncWrite + Unpin,
+{
+    match Pin::new(io).poll_flush(cx) {
+        Poll::Ready(Ok(())) => leg.flush_owed = false,
+        Poll::Pending => {
+            leg.flush_owed = true;
+            leg.write_parked = true;
+        }
+        Poll::Ready(Err(_)) => return Err(Event::Lost(leg.side())),
+    }
+    Ok(())
 }
 
 /// One write to `io`: our control frames first when the stream is at a frame boundary (they
@@ -290,14 +309,17 @@ fn on_control(side: Side, control: Control, src: &mut LegState, shared: &mut Sha
             // A ping after the peer's own close is not answered (RFC 6455 5.5.1: nothing
             // follows a close); otherwise every ping gets its pong, the latest included.
             if src.inbound_open() {
-                src.queue_control(frame::OP_PONG, payload.as_slice());
+                src.queue_pong(payload.as_slice());
             }
         }
         Control::Pong(payload) => {
             shared.tally.frame(side, frame::OP_PONG, true, 0);
             if let PongMatch::Ours { rtt } = src.hb.on_pong(payload.as_slice(), Instant::now()) {
-                shared.metrics.observe_rtt(side, rtt);
-                shared.info.on_rtt(side, rtt);
+                shared.info.on_ponged(side);
+                if let Some(rtt) = rtt {
+                    shared.metrics.observe_rtt(side, rtt);
+                    shared.info.on_rtt(side, rtt);
+                }
             }
         }
         Control::Close { code, .. } => {

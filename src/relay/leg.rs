@@ -1,5 +1,6 @@
 //! One leg's state apart from its I/O: how far the close handshake has come in each direction,
-//! the control frames we owe the peer, and its heartbeat.
+//! the control frames we owe the peer, what the peer has shown of its liveness, and its
+//! heartbeat.
 //!
 //! Each direction of the leg has one enum, as linkerd2-proxy's duplex copy keeps each half's
 //! state in one enum: a leg cannot be "closed and open", or "dropped and still owed a close".
@@ -105,6 +106,14 @@ pub(crate) struct LegState {
     /// registration). Both combinations are real, so these stay two flags.
     pub(crate) read_parked: bool,
     pub(crate) write_parked: bool,
+    /// A write toward the leg found its socket full, and no byte has been taken since. The
+    /// next byte taken proves the peer alive: the kernel makes room only when the peer
+    /// acknowledged data, which in steady backpressure means its application read. A write
+    /// into a socket with room proves nothing (a deaf peer's buffers are filling).
+    write_blocked: bool,
+    /// A flush returned `Pending` (TLS holds encrypted bytes): it is polled again on every
+    /// wake-up until it completes, not only when new bytes are written.
+    pub(crate) flush_owed: bool,
 }
 
 impl LegState {
@@ -120,6 +129,22 @@ impl LegState {
             text_out: Vec::new(),
             read_parked: false,
             write_parked: false,
+            write_blocked: false,
+            flush_owed: false,
+        }
+    }
+
+    /// A write toward the leg returned `Pending` with bytes waiting.
+    pub(crate) fn on_write_blocked(&mut self) {
+        self.write_blocked = true;
+    }
+
+    /// Bytes were written toward the leg.
+    #[inline]
+    pub(crate) fn on_write_progress(&mut self) {
+        if self.write_blocked {
+            self.write_blocked = false;
+            self.hb.on_activity();
         }
     }
 
@@ -225,13 +250,24 @@ impl LegState {
         (self.side == Side::Upstream).then(frame::random_mask)
     }
 
-    /// Queues a ping or pong for the leg, unless a close is decided for it.
-    pub(crate) fn queue_control(&mut self, opcode: u8, payload: &[u8]) {
+    /// Queues a pong for the leg, unless a close is decided for it.
+    pub(crate) fn queue_pong(&mut self, payload: &[u8]) {
         if self.outbound() != Some(Outbound::Open) {
             return;
         }
         let mask = self.mask();
-        frame::encode_frame(&mut self.ctrl.bytes, true, opcode, payload, mask);
+        frame::encode_frame(&mut self.ctrl.bytes, true, frame::OP_PONG, payload, mask);
+    }
+
+    /// Queues one of our pings, unless a close is decided for the leg; the heartbeat hears
+    /// when it has been written.
+    pub(crate) fn queue_ping(&mut self, payload: &[u8]) {
+        if self.outbound() != Some(Outbound::Open) {
+            return;
+        }
+        let mask = self.mask();
+        frame::encode_frame(&mut self.ctrl.bytes, true, frame::OP_PING, payload, mask);
+        self.ctrl.ping_end = self.ctrl.bytes.len();
     }
 
     /// Queues a text message of ours; it waits for a message boundary (see
@@ -279,6 +315,12 @@ impl LegState {
 
     /// Records that `n` control bytes were written.
     pub(crate) fn ctrl_written(&mut self, n: usize) {
+        let ping_left = self.ctrl.ping_end != 0 && self.ctrl.pos + n >= self.ctrl.ping_end;
+        if ping_left {
+            self.ctrl.ping_end = 0;
+            // Read the clock only here: once per ping, never per frame.
+            self.hb.on_ping_written(Instant::now());
+        }
         if self.ctrl.written(n) && self.outbound() == Some(Outbound::CloseQueued) {
             self.set_outbound(Outbound::CloseSent);
         }
@@ -292,6 +334,8 @@ struct ControlQueue {
     pos: usize,
     /// A data message of ours is among the bytes (until the queue empties).
     has_data: bool,
+    /// Where the latest queued ping ends in `bytes`; 0 when no ping waits.
+    ping_end: usize,
 }
 
 impl ControlQueue {
@@ -308,6 +352,7 @@ impl ControlQueue {
         self.bytes.clear();
         self.pos = 0;
         self.has_data = false;
+        self.ping_end = 0;
         if self.bytes.capacity() > 2 * frame::MAX_CONTROL_FRAME {
             self.bytes = Vec::new();
         }
@@ -318,7 +363,6 @@ impl ControlQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::OP_PING;
 
     fn leg(side: Side) -> LegState {
         LegState::new(side, HeartbeatConfig::OFF, Instant::now())
@@ -336,7 +380,7 @@ mod tests {
     fn an_owed_close_is_the_last_control_frame() {
         let mut l = leg(Side::Client);
         l.owe_close(CloseFrame::for_survivor(Side::Upstream, Failure::Lost));
-        l.queue_control(OP_PING, b"late");
+        l.queue_ping(b"late");
         assert!(l.pending_ctrl().is_empty(), "nothing after a decided close");
         l.queue_owed_close();
         let n = l.pending_ctrl().len();

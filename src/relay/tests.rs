@@ -1,6 +1,7 @@
 //! Relay tests over in-memory duplex pipes, with tokio's paused clock for the heartbeat timings.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -12,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::*;
+use crate::frame;
 use crate::heartbeat::HeartbeatConfig;
 use crate::sessions::Sessions;
 
@@ -25,6 +27,46 @@ struct Harness {
     upstream: DuplexStream,
     drain: crate::shutdown::DrainTrigger,
     metrics: Arc<Metrics>,
+    /// While false, the proxy's reads of the client leg find nothing and are not woken: bytes
+    /// the client sent wait unseen, as they do while the proxy is starved of CPU.
+    client_readable: Arc<AtomicBool>,
+}
+
+/// The proxy's end of the client leg, whose reads can be held back (see `client_readable`).
+struct Gated {
+    io: DuplexStream,
+    readable: Arc<AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Gated {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.readable.load(Ordering::Relaxed) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Gated {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 fn cfg(client: (u64, u64), upstream: (u64, u64)) -> RelayConfig {
@@ -32,10 +74,12 @@ fn cfg(client: (u64, u64), upstream: (u64, u64)) -> RelayConfig {
         client: HeartbeatConfig {
             interval: S * client.0 as u32,
             timeout: S * client.1 as u32,
+            timeout_after_pong: None,
         },
         upstream: HeartbeatConfig {
             interval: S * upstream.0 as u32,
             timeout: S * upstream.1 as u32,
+            timeout_after_pong: None,
         },
         close_timeout: 5 * S,
         max_frame_size: 1 << 20,
@@ -53,6 +97,8 @@ fn start(cfg: RelayConfig, capacity: usize) -> Harness {
     let sessions = Arc::new(Sessions::default());
     let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let registration = sessions.register(addr, "/".into());
+    let client_readable = Arc::new(AtomicBool::new(true));
+    let readable = Arc::clone(&client_readable);
     let ctx = SessionContext {
         cfg,
         drain: watcher,
@@ -64,7 +110,10 @@ fn start(cfg: RelayConfig, capacity: usize) -> Harness {
         let _registration = registration;
         run(
             Peer {
-                io: proxy_client,
+                io: Gated {
+                    io: proxy_client,
+                    readable,
+                },
                 read_ahead: Bytes::new(),
             },
             Peer {
@@ -81,6 +130,7 @@ fn start(cfg: RelayConfig, capacity: usize) -> Harness {
         upstream,
         drain,
         metrics,
+        client_readable,
     }
 }
 
@@ -385,4 +435,31 @@ async fn unmasked_client_frame_gets_1002() {
     client_raw.write_all(&bad).await.unwrap();
     let frames = raw_frames(&mut client_raw, 1).await;
     assert_eq!(frame::close_code_of(&frames[0].1), Some(1002));
+}
+
+/// A proxy starved of CPU wakes up to an expired pong timeout and, in the same instant, a pong
+/// waiting in the client's socket. It reads before it declares: the client lives.
+#[tokio::test(start_paused = true)]
+async fn a_pong_waiting_in_the_socket_is_read_before_the_peer_is_declared_dead() {
+    let mut h = start(cfg((1, 1), (0, 0)), 64 * 1024);
+    let _upstream = ws(h.upstream, Role::Server).await;
+    let ping = raw_frames(&mut h.client, 1).await.remove(0);
+    assert_eq!(ping.0, frame::OP_PING);
+    // The pong reaches the proxy's socket, but the proxy does not get to read it: the wake-up
+    // for it is lost, as if the proxy were starved...
+    h.client_readable.store(false, Ordering::Relaxed);
+    let mut pong = Vec::new();
+    frame::encode_frame(&mut pong, true, frame::OP_PONG, &ping.1, Some([1, 2, 3, 4]));
+    h.client.write_all(&pong).await.unwrap();
+    tokio::task::yield_now().await;
+    h.client_readable.store(true, Ordering::Relaxed);
+    // ...until its pong timeout wakes it.
+    tokio::time::sleep(3 * S / 2).await;
+    assert_eq!(
+        h.metrics.peer_timeouts[0].get(),
+        0,
+        "the client was declared dead"
+    );
+    assert!(!h.relay.is_finished());
+    assert_eq!(h.metrics.pongs_received[0].get(), 1);
 }

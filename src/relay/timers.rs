@@ -126,6 +126,7 @@ mod tests {
         let hb = |(interval, timeout): (u64, u64)| HeartbeatConfig {
             interval: S * interval as u32,
             timeout: S * timeout as u32,
+            timeout_after_pong: None,
         };
         RelayConfig {
             client: hb(client),
@@ -148,6 +149,7 @@ mod tests {
             client: HeartbeatConfig {
                 interval: Duration::from_millis(8),
                 timeout: Duration::from_millis(8),
+                timeout_after_pong: None,
             },
             ..cfg((0, 0), (0, 0))
         };
