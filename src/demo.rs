@@ -84,7 +84,12 @@ async fn echo(mut stream: TcpStream) -> io::Result<()> {
 }
 
 /// Reads the upgrade request and answers 101; returns any bytes read past the request.
-async fn handshake(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+///
+/// Public so that other bare test peers (the Autobahn upstream) accept upgrades the same way.
+///
+/// # Errors
+/// The socket's errors, an early EOF, a request head over 16 KiB, or no `Sec-WebSocket-Key`.
+pub async fn handshake(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut head = Vec::new();
     let end = loop {
         let mut chunk = [0u8; 1024];

@@ -12,13 +12,10 @@ use std::io::{self, Cursor};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
-/// Longest request head accepted.
-const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Largest message echoed; Autobahn's biggest (9.x) is 16 MiB.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Largest control frame payload (RFC 6455 5.5).
@@ -50,7 +47,7 @@ type Partial = Option<(bool, Vec<u8>)>;
 
 async fn serve(mut stream: TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    let mut buf = handshake(&mut stream).await?;
+    let mut buf = wsbeat::demo::handshake(&mut stream).await?;
     let mut partial: Partial = None;
     let mut out = Vec::new();
     loop {
@@ -178,37 +175,4 @@ fn on_close(payload: &[u8]) -> io::Result<Step> {
         }
     };
     Ok(Step::Finish(Frame::close(close)))
-}
-
-/// Reads the upgrade request and answers 101; returns any bytes read past the request.
-async fn handshake(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut head = Vec::new();
-    let end = loop {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            break pos + 4;
-        }
-        if head.len() > MAX_REQUEST_HEAD {
-            return Err(io::Error::other("request head too long"));
-        }
-    };
-    let text = String::from_utf8_lossy(&head[..end]);
-    let key = text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-key"))
-        .map(|(_, v)| v.trim().to_owned())
-        .ok_or_else(|| io::Error::other("no Sec-WebSocket-Key"))?;
-    let reply = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
-        derive_accept_key(key.as_bytes())
-    );
-    stream.write_all(reply.as_bytes()).await?;
-    Ok(head.split_off(end))
 }
