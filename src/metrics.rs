@@ -425,11 +425,12 @@ fn register_process_collector(r: &Registry) -> Result<(), prometheus::Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use prometheus::Encoder;
 
-    fn scrape(m: &Metrics) -> String {
+    /// The registry in the text exposition format, as a scrape sees it.
+    pub(crate) fn scrape(m: &Metrics) -> String {
         let mut out = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&m.gather(), &mut out)

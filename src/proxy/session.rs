@@ -88,20 +88,12 @@ async fn take_over(
 mod tests {
     use clap::Parser;
     use http::Request;
-    use prometheus::Encoder;
 
     use super::*;
     use crate::config::{Cli, Config};
     use crate::metrics::Metrics;
+    use crate::metrics::tests::scrape;
     use crate::proxy::{Admission, Scheme};
-
-    fn scrape(m: &Metrics) -> String {
-        let mut out = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&m.gather(), &mut out)
-            .unwrap();
-        String::from_utf8(out).unwrap()
-    }
 
     /// After the 101, a leg whose connection hyper cannot hand over (here: none to hand over)
     /// ends the session before it starts. It is counted once, as a close with its own reason,
