@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::prom::{eventually_scrape, metric};
 use common::*;
 use futures_util::SinkExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -439,53 +439,120 @@ async fn a_small_message_crosses_both_tls_legs_within_100ms() {
     }
 }
 
-/// While the client reads slower than wsbeat writes, TLS records pile up in rustls' buffer
-/// behind a full socket, and a write can be accepted whole while part of it is still in that
-/// buffer. Once the client catches up, every byte must go out, the end of the last message
-/// included, without waiting for another frame to push it (with heartbeats off, none would).
-#[tokio::test]
-async fn the_tail_of_a_burst_is_flushed_when_a_slow_tls_client_catches_up() {
-    use futures_util::StreamExt;
+/// Receive buffer of the slow reader in the two tests below (the kernel doubles it): the
+/// proxy's socket toward it then holds a few KiB in flight plus the 16 KiB of unsent bytes
+/// `TCP_NOTSENT_LOWAT` allows, far less than the 64 KiB of records rustls buffers. So while the
+/// burst drains, every write of the proxy ends with records left in rustls, the last one (with
+/// the tail) included.
+const SLOW_READER_RCVBUF: u32 = 4096;
+/// The burst ahead of the tail: 512 KiB, many times what the socket and rustls hold together.
+const BURST_MESSAGES: usize = 32;
+const BURST_MESSAGE_BYTES: usize = 16 * 1024;
+/// The small message that must not wait.
+const TAIL: &[u8] = b"tail";
+/// How soon the tail must follow the end of the burst.
+const TAIL_WITHIN: Duration = Duration::from_millis(100);
+/// Heartbeats far away: nothing but the owed flush can send the records left in rustls.
+const FAR_PINGS: [&str; 4] = [
+    "--client-ping-interval",
+    "60s",
+    "--upstream-ping-interval",
+    "60s",
+];
 
-    const BURST: usize = 32;
-    let pki = Pki::new();
-    let upstream = wss_echo(&pki, 100).await;
-    let url = format!("wss://127.0.0.1:{}", upstream.addr.port());
-    let (proxy, _dir) = tls_proxy(&pki, &url, &NO_PINGS).await;
-    let (ws, _) = wss_connect(&wss_url(&proxy, "/"), pki.client_config())
-        .await
-        .expect("wss handshake");
-    let (mut tx, mut rx) = ws.split();
-    // The last message is large, so its final write meets a full socket.
-    let last = Message::text("z".repeat(256 * 1024));
-    let expected = last.clone();
-    let sender = tokio::spawn(async move {
-        for _ in 0..BURST {
-            tx.send(Message::binary(pattern(64 * 1024)))
-                .await
-                .expect("send burst");
-        }
-        tx.send(last).await.expect("send last");
-        tx
-    });
-    let mut got = 0;
-    let received = loop {
-        let what = format!("message {got} of the burst (a stuck tail never arrives)");
-        match within(Duration::from_secs(3), &what, rx.next()).await {
-            Some(Ok(Message::Binary(_))) => {
-                got += 1;
-                // A slow reader (pacing, not synchronisation): the proxy's socket toward the
-                // client stays full, so its writes end with records left in rustls.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Some(Ok(m @ Message::Text(_))) => break m,
-            Some(Ok(_)) => {}
-            other => panic!("stream ended after {got} messages: {other:?}"),
+/// The burst and the tail as wire bytes, masked when a client sends them.
+fn burst_then_tail(masked: bool) -> Vec<u8> {
+    let mask = |f: RawFrame| {
+        if masked {
+            f.with_mask(next_mask_key())
+        } else {
+            f
         }
     };
-    assert_eq!(got, BURST);
-    assert!(received == expected, "the last message came back different");
-    drop(sender.await.expect("sender"));
+    let mut wire = Vec::new();
+    for _ in 0..BURST_MESSAGES {
+        wire.extend(mask(RawFrame::binary(pattern(BURST_MESSAGE_BYTES))).encode());
+    }
+    wire.extend(mask(RawFrame::binary(TAIL)).encode());
+    wire
+}
+
+/// Reads the burst, then asserts that the tail arrives within [`TAIL_WITHIN`] of its end.
+async fn read_burst_then_tail<R: AsyncRead + Unpin>(r: &mut R, reader: &str) {
+    for i in 0..BURST_MESSAGES {
+        // Without the owed flush the stream's last records (up to 64 KiB) never leave rustls,
+        // so on the code before it this wait is the one that fails, a few messages early.
+        let what = format!("burst message {i} at the {reader}");
+        let frame = within(STEP, &what, read_frame(r))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .unwrap_or_else(|| panic!("{what}: the stream ended"));
+        assert_eq!(frame.payload.len(), BURST_MESSAGE_BYTES, "{what}");
+    }
+    let what = format!(
+        "the tail at the {reader}, {TAIL_WITHIN:?} after the burst (its records left in \
+         rustls' buffer when the socket was full, and nothing flushed them)"
+    );
+    let tail = within(TAIL_WITHIN, &what, read_frame(r))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .unwrap_or_else(|| panic!("{what}: the stream ended"));
+    assert_eq!((tail.opcode, tail.payload.as_slice()), (OP_BINARY, TAIL));
+}
+
+/// A burst from a wss upstream to a client with a small receive window, then one small
+/// message. The proxy's writes toward the client meet a full socket, so rustls keeps the end of
+/// the stream in its buffer; once the client has read the burst, the tail must follow within
+/// 100 ms, not wait for the next frame (here a ping 60 s away).
+#[tokio::test]
+async fn a_small_message_after_a_burst_reaches_a_slow_wss_client_within_100ms() {
+    let pki = Pki::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!(
+        "wss://127.0.0.1:{}",
+        listener.local_addr().expect("addr").port()
+    );
+    let tls = pki.server_config(&pki.server(100), false);
+    let upstream = tokio::spawn(async move {
+        let mut io = raw_wss_accept(&listener, tls).await;
+        io.write_all(&burst_then_tail(false)).await.expect("burst");
+        io.flush().await.expect("flush burst");
+        // Hold the connection until the test is over.
+        let _ = read_frame(&mut io).await;
+    });
+    let (proxy, _dir) = tls_proxy(&pki, &url, &FAR_PINGS).await;
+    let mut client =
+        raw_wss_connect(proxy.addr, pki.client_config(), Some(SLOW_READER_RCVBUF)).await;
+    read_burst_then_tail(&mut client, "client").await;
+    upstream.abort();
+}
+
+/// The same toward a wss upstream with a small receive window: a burst from the client, then
+/// one small message, which must reach the upstream within 100 ms of the burst's end.
+#[tokio::test]
+async fn a_small_message_after_a_burst_reaches_a_slow_wss_upstream_within_100ms() {
+    let pki = Pki::new();
+    let listener = small_window_listener(SLOW_READER_RCVBUF);
+    let url = format!(
+        "wss://127.0.0.1:{}",
+        listener.local_addr().expect("addr").port()
+    );
+    let tls = pki.server_config(&pki.server(100), false);
+    let upstream = tokio::spawn(async move {
+        let mut io = raw_wss_accept(&listener, tls).await;
+        read_burst_then_tail(&mut io, "upstream").await;
+    });
+    let (proxy, _dir) = tls_proxy(&pki, &url, &FAR_PINGS).await;
+    let mut client = raw_wss_connect(proxy.addr, pki.client_config(), None).await;
+    let burst = burst_then_tail(true);
+    within(STEP, "the client's burst", client.write_all(&burst))
+        .await
+        .expect("send burst");
+    client.flush().await.expect("flush burst");
+    let read = within(2 * STEP, "the upstream to read the burst", upstream).await;
+    if let Err(e) = read {
+        std::panic::resume_unwind(e.into_panic());
+    }
 }
 
 /// At start-up a pair whose key belongs to another certificate is refused with exit code 64

@@ -1,7 +1,8 @@
 //! TLS for the tests: a private CA made with rcgen, pairs written to a temporary directory (laid
 //! out as a Kubernetes secret volume, so rotation swaps a `..data` symlink), rustls configs for
-//! peers, a `wss://` tungstenite client, and a probe that reports which certificate a TLS
-//! listener serves.
+//! peers, a `wss://` tungstenite client, a frame-level `wss://` client and server handshake
+//! (whose sockets can get a small receive window), and a probe that reports which certificate a
+//! TLS listener serves.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,10 +16,12 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::{Connector, MaybeTlsStream};
 
 use super::peers::WsClient;
+use super::raw::{accept_for, new_ws_key, read_head};
 use super::{STEP, within};
 
 /// A directory of its own under the system temp dir, removed on drop.
@@ -249,4 +252,92 @@ pub fn pair_args(dir: &Path) -> [String; 4] {
         "--tls-key".into(),
         dir.join("tls.key").display().to_string(),
     ]
+}
+
+/// A frame-level `wss://` client connection (read frames with `read_frame`, write raw bytes).
+pub type RawWssClient = BufReader<tokio_rustls::client::TlsStream<TcpStream>>;
+/// The upstream's end of a frame-level `wss://` connection.
+pub type RawWssServer = BufReader<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A TCP socket whose receive buffer is `bytes` (the kernel doubles it), fixed before the
+/// handshake so the window the peer sees stays that small: the peer's socket fills after a few
+/// KiB instead of megabytes.
+fn small_window_socket(bytes: u32) -> TcpSocket {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+    socket
+}
+
+/// A listener on 127.0.0.1:0 whose accepted connections inherit a `bytes` receive buffer.
+pub fn small_window_listener(bytes: u32) -> TcpListener {
+    let socket = small_window_socket(bytes);
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    socket.listen(16).expect("listen")
+}
+
+/// Connects to `addr` over TLS trusting `cfg` (as `localhost`), upgrades to a WebSocket with a
+/// hand-written request, and checks the 101. `rcvbuf` fixes the socket's receive buffer.
+pub async fn raw_wss_connect(
+    addr: SocketAddr,
+    cfg: Arc<ClientConfig>,
+    rcvbuf: Option<u32>,
+) -> RawWssClient {
+    let socket = match rcvbuf {
+        Some(bytes) => small_window_socket(bytes),
+        None => TcpSocket::new_v4().expect("socket"),
+    };
+    let tcp = within(STEP, "connect", socket.connect(addr))
+        .await
+        .expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let connect = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp);
+    let tls = within(STEP, "the TLS handshake", connect)
+        .await
+        .expect("TLS handshake");
+    let mut io = BufReader::new(tls);
+    let key = new_ws_key();
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+    );
+    io.write_all(req.as_bytes()).await.expect("write request");
+    io.flush().await.expect("flush request");
+    let head = within(STEP, "the 101", read_head(&mut io))
+        .await
+        .expect("read response")
+        .expect("a response");
+    assert_eq!(head.status(), 101, "upgrade refused: {head:?}");
+    assert_eq!(
+        head.header("sec-websocket-accept").as_deref(),
+        Some(accept_for(&key).as_str())
+    );
+    io
+}
+
+/// Accepts one `wss://` upgrade on `listener` with `tls`: the TLS handshake, the request, the
+/// 101. The connection is then the caller's, frame by frame.
+pub async fn raw_wss_accept(listener: &TcpListener, tls: Arc<ServerConfig>) -> RawWssServer {
+    let (tcp, _) = within(STEP, "a connection at the upstream", listener.accept())
+        .await
+        .expect("accept");
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+    let stream = within(STEP, "the upstream's TLS handshake", accept)
+        .await
+        .expect("TLS accept");
+    let mut io = BufReader::new(stream);
+    let head = within(STEP, "the upgrade request", read_head(&mut io))
+        .await
+        .expect("read request")
+        .expect("a request");
+    let key = head.header("sec-websocket-key").expect("Sec-WebSocket-Key");
+    let resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        accept_for(&key)
+    );
+    io.write_all(resp.as_bytes()).await.expect("write 101");
+    io.flush().await.expect("flush 101");
+    io
 }
