@@ -1,5 +1,5 @@
-//! Client-side pieces shared by the `load`, `idle` and `stream` drivers: the target URL,
-//! opening upgraded connections, the message format (a send timestamp in the first 8 payload
+//! Client-side pieces shared by the `load`, `idle`, `stream` and `handshakes` drivers: the
+//! target URL (`ws://` or `wss://`), opening upgraded connections, the message format (a send timestamp in the first 8 payload
 //! bytes), and the one-line `RESULT key=value ...` output that `run.sh` parses.
 
 use std::io;
@@ -11,10 +11,11 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::tls::{Conn, Tls, TlsArgs};
 use crate::ws::{self, Rng};
 
-/// Where to connect: `ws://host:port/path`.
-#[derive(Clone, Debug)]
+/// Where to connect: `ws://host:port/path` or `wss://host:port/path`.
+#[derive(Clone)]
 pub struct Target {
     /// Resolved once, before any measurement.
     pub addr: SocketAddr,
@@ -22,17 +23,23 @@ pub struct Target {
     pub host: String,
     /// Request path.
     pub path: String,
+    /// Set for `wss://`.
+    pub tls: Option<Tls>,
 }
 
 impl Target {
-    /// Parses and resolves a `ws://` URL.
+    /// Parses and resolves a `ws://` or `wss://` URL; `wss://` needs `tls.tls_ca`.
     ///
     /// # Errors
-    /// Fails on another scheme or an unresolvable host.
-    pub fn parse(url: &str) -> io::Result<Self> {
-        let rest = url
-            .strip_prefix("ws://")
-            .ok_or_else(|| io::Error::other("only ws:// URLs are supported"))?;
+    /// Fails on another scheme, an unresolvable host, or a `wss://` URL without a usable CA.
+    pub fn parse(url: &str, tls: &TlsArgs) -> io::Result<Self> {
+        let (rest, secure) = if let Some(rest) = url.strip_prefix("ws://") {
+            (rest, false)
+        } else if let Some(rest) = url.strip_prefix("wss://") {
+            (rest, true)
+        } else {
+            return Err(io::Error::other("only ws:// and wss:// URLs are supported"));
+        };
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -41,24 +48,41 @@ impl Target {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::other(format!("cannot resolve {host}")))?;
+        let tls = match (secure, &tls.tls_ca) {
+            (false, _) => None,
+            (true, None) => return Err(io::Error::other("a wss:// URL needs --tls-ca")),
+            (true, Some(ca)) => {
+                let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                Some(Tls::new(
+                    ca,
+                    name.trim_start_matches('[').trim_end_matches(']'),
+                )?)
+            }
+        };
         Ok(Self {
             addr,
             host: host.to_owned(),
             path: path.to_owned(),
+            tls,
         })
     }
 }
 
 /// An upgraded connection plus any frame bytes that arrived with the 101 response.
-pub type Opened = (TcpStream, Vec<u8>);
+pub type Opened = (Conn, Vec<u8>);
 
-/// Connects and upgrades one connection, with Nagle off (every driver batches its own writes).
+/// Connects (with a full TLS handshake for `wss://`) and upgrades one connection, with Nagle
+/// off (every driver batches its own writes).
 ///
 /// # Errors
-/// Connect, I/O or handshake errors.
+/// Connect, TLS, I/O or handshake errors.
 pub async fn open(target: &Target) -> io::Result<Opened> {
-    let mut stream = TcpStream::connect(target.addr).await?;
-    stream.set_nodelay(true)?;
+    let tcp = TcpStream::connect(target.addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut stream = match &target.tls {
+        None => Conn::Tcp(tcp),
+        Some(tls) => tls.connect(tcp).await?,
+    };
     let leftover = ws::connect(&mut stream, &target.host, &target.path).await?;
     Ok((stream, leftover))
 }

@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::client::{self, Report, Target};
 use crate::echo::read_stat;
 use crate::procstat::{CpuWindow, Pids};
+use crate::tls::Conn;
 use crate::ws::{self, Decoder, FrameSink, Rng};
 
 /// Read buffer per idle session: pings are at most 131 bytes on the wire.
@@ -51,6 +51,8 @@ pub struct IdleArgs {
     /// Echo server pids: its CPU per ping answered is the machine's floor for a ping.
     #[arg(long, default_value = "")]
     pub echo_pids: Pids,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Counters shared by all sessions.
@@ -88,7 +90,7 @@ impl FrameSink for IdleSink<'_> {
 
 /// Holds one session until `stop` flips: answers pings, counts them.
 async fn hold(
-    mut stream: TcpStream,
+    mut stream: Conn,
     mut pending: Vec<u8>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -107,7 +109,10 @@ async fn hold(
         if decoder.feed(&mut pending, &mut sink).is_err() || sink.closed {
             break;
         }
-        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+        // The flush sends what TLS kept back when the socket was full (a no-op on TCP).
+        if !out.is_empty()
+            && (stream.write_all(&out).await.is_err() || stream.flush().await.is_err())
+        {
             break;
         }
         out.clear();
@@ -136,7 +141,7 @@ fn echo_pings(path: Option<&PathBuf>) -> Option<u64> {
 /// # Errors
 /// Fails when the URL is invalid.
 pub async fn run(args: IdleArgs) -> io::Result<()> {
-    let target = Target::parse(&args.url)?;
+    let target = Target::parse(&args.url, &args.tls)?;
     let watched = !args.proxy_pids.is_empty();
     let rss_before = args
         .proxy_pids

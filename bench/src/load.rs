@@ -12,16 +12,20 @@
 //! the proxy's CPU over exactly that window.
 
 use std::io::{self, Write as _};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::client::{self, Report, Target, ns_at, push_message};
 use crate::procstat::{CpuWindow, MachineCpu, Pids, machine_seconds};
+use crate::tls::{Conn, TlsArgs};
 use crate::ws::{self, Decoder, FrameSink, Rng};
 
 /// Read buffer per connection: big enough that 16 pipelined 64 KiB echoes need few reads.
@@ -66,6 +70,8 @@ pub struct LoadArgs {
     /// Echo server pids, for diagnostics.
     #[arg(long, default_value = "")]
     pub echo_pids: Pids,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// When things happen; shared by all connections.
@@ -213,7 +219,10 @@ pub async fn run(args: LoadArgs) -> io::Result<()> {
     if args.size < 8 {
         return Err(io::Error::other("--size must be at least 8 (timestamp)"));
     }
-    let target = Target::parse(&args.url)?;
+    let target = Target::parse(&args.url, &args.tls)?;
+    if args.rate.is_some() && target.tls.is_some() {
+        return Err(io::Error::other("--rate runs over ws:// only"));
+    }
     let conns = client::open_all(&target, args.conns).await?;
     let start = Instant::now() + START_DELAY;
     let measure = start + args.warmup;
@@ -405,7 +414,7 @@ impl<'a> Closed<'a> {
 
     async fn run(
         &mut self,
-        mut stream: TcpStream,
+        mut stream: Conn,
         leftover: Vec<u8>,
         stats: &mut ConnStats,
     ) -> io::Result<()> {
@@ -413,34 +422,40 @@ impl<'a> Closed<'a> {
         let mut pending = leftover;
         self.rx
             .on_read(&mut pending, &mut self.out, stats, self.plan)?;
-        let (mut rd, mut wr) = stream.split();
         let sleep = tokio::time::sleep_until(self.plan.start.into());
         tokio::pin!(sleep);
+        let mut flush_owed = false;
         loop {
-            tokio::select! {
-                biased;
-                n = wr.write(&self.out[self.out_pos..]), if self.out_pos < self.out.len() => {
-                    self.out_pos += n?;
+            let event = std::future::poll_fn(|cx| {
+                let out = &self.out[self.out_pos..];
+                poll_io(
+                    cx,
+                    &mut stream,
+                    out,
+                    &mut flush_owed,
+                    &mut rbuf,
+                    sleep.as_mut(),
+                )
+            })
+            .await?;
+            match event {
+                Io::Wrote(n) => {
+                    self.out_pos += n;
                     if self.out_pos == self.out.len() {
                         self.out.clear();
                         self.out_pos = 0;
                     }
                 }
-                n = rd.read(&mut rbuf) => {
-                    let n = n?;
-                    if n == 0 {
-                        return self.on_eof();
-                    }
+                Io::Read(0) => return self.on_eof(),
+                Io::Read(n) => {
                     if self.on_read(&mut rbuf[..n], stats)? {
                         return Ok(());
                     }
                 }
-                () = &mut sleep => {
-                    match self.on_timer(stats) {
-                        Some(next) => sleep.as_mut().reset(next.into()),
-                        None => return Ok(()),
-                    }
-                }
+                Io::Timer => match self.on_timer(stats) {
+                    Some(next) => sleep.as_mut().reset(next.into()),
+                    None => return Ok(()),
+                },
             }
             if self.phase == Phase::Draining && self.inflight == 0 {
                 self.start_close();
@@ -522,6 +537,47 @@ impl<'a> Closed<'a> {
     }
 }
 
+/// What one wake-up of a closed-loop connection brought.
+enum Io {
+    Wrote(usize),
+    Read(usize),
+    Timer,
+}
+
+/// Polls, in this order, a write of `out`, a flush that TLS still owes, a read and the timer,
+/// and returns the first that is ready: a write first, so replies and new sends leave in one
+/// write per wake-up. One `&mut` stream serves both directions, which a TLS stream (unlike a
+/// TCP one) cannot be split for without a lock.
+fn poll_io(
+    cx: &mut Context<'_>,
+    stream: &mut Conn,
+    out: &[u8],
+    flush_owed: &mut bool,
+    rbuf: &mut [u8],
+    sleep: Pin<&mut Sleep>,
+) -> Poll<io::Result<Io>> {
+    if !out.is_empty() {
+        if let Poll::Ready(n) = Pin::new(&mut *stream).poll_write(cx, out) {
+            *flush_owed = stream.needs_flush();
+            return Poll::Ready(n.map(Io::Wrote));
+        }
+    } else if *flush_owed {
+        // TLS keeps records back when the socket is full; only a flush sends them.
+        if let Poll::Ready(done) = Pin::new(&mut *stream).poll_flush(cx) {
+            done?;
+            *flush_owed = false;
+        }
+    }
+    let mut rb = ReadBuf::new(rbuf);
+    if let Poll::Ready(r) = Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+        return Poll::Ready(r.map(|()| Io::Read(rb.filled().len())));
+    }
+    if sleep.poll(cx).is_ready() {
+        return Poll::Ready(Ok(Io::Timer));
+    }
+    Poll::Pending
+}
+
 /// What the open-loop sender reports.
 struct OpenSent {
     sent_in_window: u64,
@@ -545,7 +601,7 @@ fn spawn_open(
     let mut writers = Vec::with_capacity(conns.len());
     let mut readers = Vec::with_capacity(conns.len());
     for (i, (stream, leftover)) in conns.into_iter().enumerate() {
-        let std_stream = stream.into_std()?;
+        let std_stream = stream.into_tcp("--rate")?.into_std()?;
         writers.push(std_stream.try_clone()?);
         let stream = TcpStream::from_std(std_stream)?;
         let (plan, pong_tx) = (plan.clone(), pong_tx.clone());

@@ -7,7 +7,12 @@
 //! - `idle`: thousands of idle sessions answering heartbeats (`idle.rs`);
 //! - `stream`: one big fragmented message (`stream.rs`);
 //! - `floor`: the kernel's own cost of a ping round trip, with no proxy at all (`floor.rs`);
+//! - `handshakes`: new sessions per second, each a full TLS handshake, upgrade, one echo and
+//!   a close (`handshakes.rs`);
 //! - `ports`, `wait-port`: helpers for the script; `report`: the Markdown table (`report.rs`).
+//!
+//! `load` (closed loop), `idle` and `handshakes` also take `wss://` targets (`tls.rs`: rustls
+//! with ring, TLS 1.3, AES-128-GCM only).
 //!
 //! Frames are encoded and decoded by hand (`ws.rs`) so the harness costs as little CPU per
 //! message as possible: on two cores it shares the machine with the proxy and the echo server.
@@ -17,11 +22,13 @@
 mod client;
 mod echo;
 mod floor;
+mod handshakes;
 mod idle;
 mod load;
 mod procstat;
 mod report;
 mod stream;
+mod tls;
 mod ws;
 
 use std::net::SocketAddr;
@@ -61,6 +68,8 @@ enum Cmd {
     Idle(idle::IdleArgs),
     /// Send one fragmented message and receive it back.
     Stream(stream::StreamArgs),
+    /// New sessions per second: connect, TLS handshake, upgrade, one echo, close.
+    Handshakes(handshakes::HandshakeArgs),
     /// Kernel CPU of a ping round trip over loopback, without any event loop (a lower bound).
     Floor(floor::FloorArgs),
     /// Print N free TCP ports on 127.0.0.1, one per line.
@@ -168,6 +177,7 @@ async fn dispatch(cmd: Cmd) -> std::io::Result<()> {
         Cmd::Idle(args) => idle::run(args).await,
         Cmd::Stream(args) => stream::run(args).await,
         Cmd::Floor(args) => floor::run(args),
+        Cmd::Handshakes(args) => handshakes::run(args).await,
         Cmd::Ports { count } => ports(count),
         Cmd::WaitPort { addr, timeout } => wait_port(addr, timeout).await,
         Cmd::Report { results, targets } => report::run(&results, &targets),

@@ -37,6 +37,8 @@ pub struct StreamArgs {
     /// Proxy pids whose peak RSS is reported.
     #[arg(long, default_value = "")]
     pub proxy_pids: Pids,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 struct StreamSink<'a> {
@@ -82,8 +84,9 @@ impl FrameSink for StreamSink<'_> {
 /// # Errors
 /// Connection errors, a timeout, or an early close.
 pub async fn run(args: StreamArgs) -> io::Result<()> {
-    let target = Target::parse(&args.url)?;
-    let (mut stream, mut leftover) = client::open(&target).await?;
+    let target = Target::parse(&args.url, &args.tls)?;
+    let (stream, mut leftover) = client::open(&target).await?;
+    let mut stream = stream.into_tcp("stream")?;
     let pattern = client::pattern(args.frame_size.max(READ_BYTES) + PERIOD);
     let reset_ok = args.proxy_pids.is_empty() || args.proxy_pids.reset_peak_rss().is_ok();
     let rss_before = args.proxy_pids.status_kib("VmRSS:").ok();

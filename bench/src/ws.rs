@@ -9,8 +9,7 @@ use std::io;
 
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Continuation frame opcode.
 pub const OP_CONT: u8 = 0x0;
@@ -331,7 +330,7 @@ fn accept_key(key: &str) -> String {
 }
 
 /// Reads an HTTP head; returns its length and the buffer (which may hold frame bytes after it).
-async fn read_head(stream: &mut TcpStream) -> io::Result<(usize, Vec<u8>)> {
+async fn read_head(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<(usize, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     let mut tmp = [0u8; 1024];
     loop {
@@ -360,7 +359,7 @@ fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 ///
 /// # Errors
 /// I/O errors, or `InvalidData` when the request has no `Sec-WebSocket-Key`.
-pub async fn accept(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+pub async fn accept(stream: &mut (impl AsyncRead + AsyncWrite + Unpin)) -> io::Result<Vec<u8>> {
     let (head_len, buf) = read_head(stream).await?;
     let head = String::from_utf8_lossy(&buf[..head_len]);
     let key = header_value(&head, "sec-websocket-key").ok_or_else(|| proto("no key"))?;
@@ -373,11 +372,16 @@ pub async fn accept(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     Ok(buf[head_len..].to_vec())
 }
 
-/// Client half of the upgrade. Returns bytes that arrived after the response head.
+/// Client half of the upgrade, over TCP or TLS. Returns bytes that arrived after the response
+/// head.
 ///
 /// # Errors
 /// I/O errors, or `InvalidData` when the response is not a valid 101.
-pub async fn connect(stream: &mut TcpStream, host: &str, path: &str) -> io::Result<Vec<u8>> {
+pub async fn connect(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    host: &str,
+    path: &str,
+) -> io::Result<Vec<u8>> {
     let mut rng = Rng::new();
     let mut nonce = [0u8; 16];
     nonce[..8].copy_from_slice(&rng.next_u64().to_ne_bytes());
@@ -388,6 +392,7 @@ pub async fn connect(stream: &mut TcpStream, host: &str, path: &str) -> io::Resu
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     stream.write_all(req.as_bytes()).await?;
+    stream.flush().await?;
     let (head_len, buf) = read_head(stream).await?;
     let head = String::from_utf8_lossy(&buf[..head_len]);
     if !head.starts_with("HTTP/1.1 101") {
