@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Benchmark of issue 4: the same workloads, in one run, side by side against a direct
+# Benchmark of issues 4 and 10: the same workloads, in one run, side by side against a direct
 # connection to the echo upstream, wsbeat, nginx and HAProxy; prints one Markdown table with
-# the median of RUNS runs and ratios to direct and to nginx.
+# the median of RUNS runs and ratios to direct and to nginx. The tls-* workloads run the same
+# clients over wss:// against the proxies terminating TLS (one ECDSA P-256 certificate made
+# here, TLS 1.3, TLS_AES_128_GCM_SHA256); the upstream stays the plain echo server.
 #
-#   bench/run.sh                       # full run (about 10 minutes on 2 cores)
+#   bench/run.sh                       # full run (about 15 minutes on 2 cores)
 #   RUNS=1 DURATION=2s IDLE_SESSIONS=2000 IDLE_HOLD=3s bench/run.sh   # quick check
+#   WORKLOADS="tls-small tls-large tls-handshake tls-idle" bench/run.sh  # the TLS rows only
 #
 # Environment (defaults in brackets):
 #   RUNS [3]            runs per figure (median reported)
 #   DURATION [5s]       measurement window of each throughput/latency run; WARMUP [1s] before it
 #   TARGETS ["direct nginx haproxy wsbeat"]     IDLE_TARGETS ["nginx haproxy wsbeat"]
 #                       (also: wsbeat-forward, wsbeat with --upstream-masking forward)
-#   WORKLOADS ["small large latency stream idle floor"]
+#   TLS_TARGETS ["nginx haproxy wsbeat"]    (the proxies of the tls-* workloads)
+#   WORKLOADS ["small large latency stream idle floor tls-small tls-large tls-handshake tls-idle"]
 #   IDLE_SESSIONS [9000]  IDLE_HOLD [10s]  IDLE_SETTLE [2s]  PING_INTERVAL [1s]
 #   STREAM_FRAMES [256] (of 1 MiB)
 #   OUT [bench/results/DATE]   where results.tsv, report.md and logs go
@@ -29,7 +33,8 @@ DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-1s}
 TARGETS=${TARGETS:-"direct nginx haproxy wsbeat"}
 IDLE_TARGETS=${IDLE_TARGETS:-"nginx haproxy wsbeat"}
-WORKLOADS=${WORKLOADS:-"small large latency stream idle floor"}
+TLS_TARGETS=${TLS_TARGETS:-"nginx haproxy wsbeat"}
+WORKLOADS=${WORKLOADS:-"small large latency stream idle floor tls-small tls-large tls-handshake tls-idle"}
 IDLE_SESSIONS=${IDLE_SESSIONS:-9000}
 IDLE_HOLD=${IDLE_HOLD:-10s}
 IDLE_SETTLE=${IDLE_SETTLE:-2s}
@@ -93,6 +98,7 @@ install_missing() {
     local missing=()
     command -v nginx >/dev/null || missing+=(nginx)
     command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v openssl >/dev/null || missing+=(openssl)
     [ "${#missing[@]}" = 0 ] && return 0
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
         log "missing ${missing[*]} and cannot apt-get install: those targets will be skipped"
@@ -135,6 +141,32 @@ filter_targets() {
 }
 TARGETS=$(filter_targets "$TARGETS")
 IDLE_TARGETS=$(filter_targets "$IDLE_TARGETS")
+TLS_TARGETS=$(filter_targets "$TLS_TARGETS")
+
+# One certificate for every TLS target: an ECDSA P-256 leaf for 127.0.0.1 and localhost, signed
+# by a throw-away CA that only the load generator trusts. HAProxy wants chain and key in one file.
+TLS_DIR=$WORK/tls
+make_certificate() {
+    mkdir -p "$TLS_DIR"
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" \
+        -days 2 -subj "/CN=wsbeat bench CA" &&
+    openssl req "${ec[@]}" -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/leaf.csr" \
+        -subj "/CN=localhost" &&
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' \
+        >"$TLS_DIR/leaf.ext" &&
+    openssl x509 -req -in "$TLS_DIR/leaf.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -days 2 -sha256 -extfile "$TLS_DIR/leaf.ext" -out "$TLS_DIR/cert.pem" &&
+    cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/haproxy.pem"
+}
+case " $WORKLOADS " in
+    *" tls-"*)
+        if ! command -v openssl >/dev/null || ! make_certificate >"$OUT/openssl.log" 2>&1; then
+            log "no certificate (see $OUT/openssl.log): tls-* workloads skipped"
+            TLS_TARGETS=""
+        fi
+        ;;
+esac
 
 free_port() { "$BENCH" ports --count 1; }
 
@@ -147,8 +179,17 @@ STARTED+=("$ECHO_PID")
 log "echo upstream on 127.0.0.1:$ECHO_PORT (pid $ECHO_PID)"
 
 # --- targets ---------------------------------------------------------------------------------
-write_nginx_conf() { # dir port
+write_nginx_conf() { # dir port [tls]
     mkdir -p "$1/logs" "$1/tmp"
+    local listen="listen 127.0.0.1:$2 reuseport backlog=4096;" tls=""
+    if [ "${3:-}" = tls ]; then
+        listen="listen 127.0.0.1:$2 ssl reuseport backlog=4096;"
+        tls="ssl_certificate $TLS_DIR/cert.pem;
+        ssl_certificate_key $TLS_DIR/key.pem;
+        ssl_protocols TLSv1.3;
+        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256;
+        ssl_session_tickets off;"
+    fi
     cat >"$1/nginx.conf" <<EOF
 worker_processes 2;
 worker_rlimit_nofile 20000;
@@ -170,7 +211,8 @@ http {
     }
     server {
         # reuseport spreads connections evenly over the 2 workers.
-        listen 127.0.0.1:$2 reuseport backlog=4096;
+        $listen
+        $tls
         location / {
             proxy_pass http://127.0.0.1:$ECHO_PORT;
             proxy_http_version 1.1;
@@ -185,7 +227,9 @@ http {
 EOF
 }
 
-write_haproxy_conf() { # file port
+write_haproxy_conf() { # file port [tls]
+    local tls=""
+    [ "${3:-}" = tls ] && tls=" ssl crt $TLS_DIR/haproxy.pem ssl-min-ver TLSv1.3 ciphersuites TLS_AES_128_GCM_SHA256 alpn http/1.1"
     cat >"$1" <<EOF
 global
     nbthread 2
@@ -199,17 +243,23 @@ defaults
     timeout tunnel 1h
     timeout http-request 10s
 frontend fe
-    bind 127.0.0.1:$2 backlog 4096
+    bind 127.0.0.1:$2 backlog 4096$tls
     default_backend be
 backend be
     server echo 127.0.0.1:$ECHO_PORT
 EOF
 }
 
-# start_target NAME: sets PROXY_URL, PROXY_PIDS and CURRENT; a fresh process per measurement, so
-# one workload's allocations never flatter the next one's RSS.
+# start_target NAME [tls]: sets PROXY_URL, PROXY_PIDS and CURRENT; a fresh process per
+# measurement, so one workload's allocations never flatter the next one's RSS. With tls the
+# proxy terminates TLS with the certificate above and PROXY_URL is wss://.
 start_target() {
-    local port admin dir pid
+    local port admin dir pid tls=${2:-} scheme=ws
+    local wsbeat_tls=()
+    if [ "$tls" = tls ]; then
+        scheme=wss
+        wsbeat_tls=(--tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem")
+    fi
     CURRENT=()
     PROXY_PIDS=""
     case $1 in
@@ -224,26 +274,26 @@ start_target() {
             "$WSBEAT_BIN" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
                 --upstream "ws://127.0.0.1:$ECHO_PORT" --upstream-masking "$masking" \
                 --client-ping-interval "$PING_INTERVAL" --upstream-ping-interval "$PING_INTERVAL" \
-                --log-level warn 2>>"$OUT/wsbeat.log" >/dev/null &
+                "${wsbeat_tls[@]}" --log-level warn 2>>"$OUT/wsbeat.log" >/dev/null &
             pid=$!
             ;;
         nginx)
             port=$(free_port)
             dir=$WORK/nginx
-            write_nginx_conf "$dir" "$port"
+            write_nginx_conf "$dir" "$port" "$tls"
             nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/logs/error.log" -g 'daemon off;' \
                 2>>"$OUT/nginx.log" &
             pid=$!
             ;;
         haproxy)
             port=$(free_port)
-            write_haproxy_conf "$WORK/haproxy.cfg" "$port"
+            write_haproxy_conf "$WORK/haproxy.cfg" "$port" "$tls"
             haproxy -db -f "$WORK/haproxy.cfg" 2>>"$OUT/haproxy.log" >/dev/null &
             pid=$!
             ;;
     esac
     CURRENT=("$pid")
-    PROXY_URL="ws://127.0.0.1:$port/"
+    PROXY_URL="$scheme://127.0.0.1:$port/"
     if ! "$BENCH" wait-port --addr "127.0.0.1:$port" --timeout 10s; then
         log "$1 did not start listening (see $OUT/$1.log)"
         stop_target
@@ -283,6 +333,7 @@ IDLE_TIMEOUT=$(( $(seconds "$IDLE_HOLD") + $(seconds "$IDLE_SETTLE") + 120 ))
 run_workload() { # workload target
     local w=$1 t=$2
     local common=(--url "$PROXY_URL" --proxy-pids "$PROXY_PIDS")
+    case $w in tls-*) common+=(--tls-ca "$TLS_DIR/ca.pem") ;; esac
     case $w in
         small) timeout "$LOAD_TIMEOUT" "$BENCH" load "${common[@]}" --echo-pids "$ECHO_PID" \
             --conns 50 --inflight 16 --size 64 --duration "$DURATION" --warmup "$WARMUP" ;;
@@ -291,7 +342,15 @@ run_workload() { # workload target
         latency) timeout "$LOAD_TIMEOUT" "$BENCH" load "${common[@]}" --echo-pids "$ECHO_PID" \
             --conns 50 --rate 100 --size 64 --duration "$DURATION" --warmup "$WARMUP" ;;
         stream) timeout 180 "$BENCH" stream "${common[@]}" --frames "$STREAM_FRAMES" --frame-size 1MiB ;;
-        idle) timeout "$IDLE_TIMEOUT" "$BENCH" idle "${common[@]}" --echo-stats "$ECHO_STATS" \
+        # The TLS rows: the same clients as small, large and idle, over wss://.
+        tls-small) timeout "$LOAD_TIMEOUT" "$BENCH" load "${common[@]}" --echo-pids "$ECHO_PID" \
+            --conns 50 --inflight 16 --size 64 --duration "$DURATION" --warmup "$WARMUP" ;;
+        tls-large) timeout "$LOAD_TIMEOUT" "$BENCH" load "${common[@]}" --echo-pids "$ECHO_PID" \
+            --conns 10 --inflight 4 --size 64KiB --duration "$DURATION" --warmup "$WARMUP" ;;
+        # 50 clients, each: connect, full handshake, upgrade, one 64 B echo, close handshake.
+        tls-handshake) timeout "$LOAD_TIMEOUT" "$BENCH" handshakes "${common[@]}" --conns 50 \
+            --duration "$DURATION" --warmup "$WARMUP" ;;
+        idle | tls-idle) timeout "$IDLE_TIMEOUT" "$BENCH" idle "${common[@]}" --echo-stats "$ECHO_STATS" \
             --echo-pids "$ECHO_PID" \
             --sessions "$IDLE_SESSIONS" --hold "$IDLE_HOLD" --settle "$IDLE_SETTLE" ;;
         # No proxy: the kernel's own cost of a ping round trip, for the heartbeat row.
@@ -305,12 +364,14 @@ UPTIME_BEFORE=$(uptime)
 log "machine: $(nproc) cores; $UPTIME_BEFORE"
 for w in $WORKLOADS; do
     targets=$TARGETS
+    tls=""
     [ "$w" = idle ] && targets=$IDLE_TARGETS
     [ "$w" = floor ] && targets=direct
+    case $w in tls-*) targets=$TLS_TARGETS tls=tls ;; esac
     for run in $(seq "$RUNS"); do
         # Targets interleaved within each run, so drifting machine load hits all of them alike.
         for t in $targets; do
-            start_target "$t" || continue
+            start_target "$t" $tls || continue
             run_workload "$w" "$t" >"$WORK/out" 2>"$WORK/err" || true
             cat "$WORK/err" >>"$OUT/harness.log"
             cat "$WORK/err" >>"$WORK/out"
@@ -333,6 +394,7 @@ versions() {
     echo "- nginx: $(nginx -v 2>&1 | sed 's/.*version: //')"
     echo "- HAProxy: $(haproxy -v 2>/dev/null | head -n1 | awk '{print $3}')"
     echo "- rustc: $(rustc --version 2>/dev/null | awk '{print $2}')"
+    echo "- TLS (tls-* rows): ECDSA P-256 certificate, TLS 1.3, TLS_AES_128_GCM_SHA256 pinned by the client, no resumption; $(openssl version 2>/dev/null) for nginx and HAProxy, rustls with ring for wsbeat and the client"
     echo "- settings: NICE=$NICE RUNS=$RUNS DURATION=$DURATION WARMUP=$WARMUP IDLE_SESSIONS=$IDLE_SESSIONS IDLE_HOLD=$IDLE_HOLD PING_INTERVAL=$PING_INTERVAL STREAM_FRAMES=$STREAM_FRAMES"
 }
 {

@@ -75,6 +75,44 @@ const ROWS: &[(&str, &str, &str)] = &[
         "peak_rss_mib",
         "256 MiB stream: proxy peak RSS MiB ↓",
     ),
+    (
+        "tls-small",
+        "msgs_per_s",
+        "wss 64 B ×50 conns ×16 in flight: msg/s ↑",
+    ),
+    ("tls-small", "p99_us", "wss 64 B: p99 round trip µs ↓"),
+    (
+        "tls-small",
+        "proxy_cpu_us_per_msg",
+        "wss 64 B: proxy CPU µs/msg ↓",
+    ),
+    (
+        "tls-large",
+        "mb_per_s",
+        "wss 64 KiB ×10 conns ×4 in flight: MB/s ↑",
+    ),
+    (
+        "tls-large",
+        "proxy_cpu_us_per_msg",
+        "wss 64 KiB: proxy CPU µs/msg ↓",
+    ),
+    (
+        "tls-handshake",
+        "sessions_per_s",
+        "new TLS sessions/s (full handshake, upgrade, one echo, close; 50 clients) ↑",
+    ),
+    ("tls-handshake", "p99_us", "new TLS session: p99 µs ↓"),
+    (
+        "tls-handshake",
+        "proxy_cpu_us_per_session",
+        "new TLS session: proxy CPU µs ↓",
+    ),
+    ("tls-idle", "sessions", "idle TLS: sessions held"),
+    (
+        "tls-idle",
+        "rss_per_session_kib",
+        "idle TLS: proxy RSS per session KiB ↓",
+    ),
 ];
 
 /// (workload, key) of the diagnostics table.
@@ -102,6 +140,18 @@ const DIAG: &[(&str, &str)] = &[
     ("idle", "rss_held_kib"),
     ("stream", "secs"),
     ("stream", "mismatches"),
+    ("tls-small", "gen_cores"),
+    ("tls-small", "proxy_cores"),
+    ("tls-small", "other_cores"),
+    ("tls-large", "gen_cores"),
+    ("tls-large", "proxy_cores"),
+    ("tls-large", "other_cores"),
+    ("tls-handshake", "gen_cores"),
+    ("tls-handshake", "proxy_cores"),
+    ("tls-handshake", "failed"),
+    ("tls-idle", "failed"),
+    ("tls-idle", "connect_s"),
+    ("tls-idle", "rss_held_kib"),
 ];
 
 type Figures = BTreeMap<(String, String, String), Vec<f64>>;
@@ -217,7 +267,9 @@ pub fn run(path: &Path, targets: &[String]) -> io::Result<()> {
         "|---|{}",
         "---|".repeat(targets.len() + proxies.len() + vs_nginx.len())
     );
-    for (w, k, label) in ROWS {
+    // Rows of workloads that were not run (WORKLOADS picks a subset) are left out.
+    let measured = |w: &str, k: &str| targets.iter().any(|t| runs(w, t, k) > 0);
+    for (w, k, label) in ROWS.iter().filter(|(w, k, _)| measured(w, k)) {
         let mut line = format!("| {label} |");
         for t in targets {
             let n = runs(w, t, k);
@@ -257,7 +309,7 @@ pub fn run(path: &Path, targets: &[String]) -> io::Result<()> {
             .collect::<String>()
     );
     println!("|---|{}", "---|".repeat(targets.len()));
-    for (w, k) in DIAG {
+    for (w, k) in DIAG.iter().filter(|(w, k)| measured(w, k)) {
         let cells: String = targets
             .iter()
             .map(|t| format!(" {} |", cell(get(w, t, k))))
