@@ -402,7 +402,9 @@ versions() {
     echo
     versions
     echo
-    "$BENCH" report --results "$RESULTS" --targets "$(echo "$TARGETS" | tr ' ' ',')"
+    # Columns: every target of any workload, each once, in the order first named.
+    "$BENCH" report --results "$RESULTS" --targets "$(echo $TARGETS $IDLE_TARGETS $TLS_TARGETS |
+        tr ' ' '\n' | awk 'NF && !seen[$0]++' | paste -sd,)"
 } >"$OUT/report.md"
 cat "$OUT/report.md"
 log "results: $RESULTS, report: $OUT/report.md"
