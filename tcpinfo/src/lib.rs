@@ -1,0 +1,133 @@
+//! What the kernel knows about a TCP connection's delivery, read with `getsockopt(TCP_INFO)`.
+//!
+//! wsbeat forbids unsafe code; the one `getsockopt` call that needs it lives here, behind a
+//! safe function, as socket2 keeps its own system calls. Only the fields wsbeat uses are
+//! returned.
+
+use std::io;
+use std::mem::{MaybeUninit, offset_of, size_of};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+/// How far the peer has taken our bytes, as this end's kernel last heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The receive window the peer last advertised, in bytes: the room left in its receive
+    /// buffer. Data arriving shrinks that room and only the peer's application reading frees
+    /// it, so a window that grows (beyond a segment's rounding) means the peer read. A peer
+    /// that does not read never shows one, however many bytes its kernel acknowledges.
+    pub window: u32,
+    /// Bytes of ours the peer's kernel acknowledged.
+    pub acked: u64,
+    /// Bytes written to the socket and not yet sent.
+    pub unsent: u32,
+    /// The smoothed round-trip time.
+    pub rtt: Duration,
+}
+
+/// Reads [`Delivery`] for the TCP socket `fd`. `Ok(None)` when the kernel is too old to report
+/// the peer's window (Linux before 5.4).
+#[cfg(target_os = "linux")]
+pub fn delivery(fd: BorrowedFd<'_>) -> io::Result<Option<Delivery>> {
+    let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is valid for writes of `len` bytes and outlives the call; the kernel
+    // writes at most `len` bytes and reports how many in `len`. `fd` is a live descriptor for
+    // the duration of the borrow.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the struct was zeroed before the call, and all-zero is a valid `tcp_info`
+    // (plain integers); the kernel overwrote a prefix of it.
+    let info = unsafe { info.assume_init() };
+    let needed = offset_of!(libc::tcp_info, tcpi_snd_wnd) + size_of::<u32>();
+    if (len as usize) < needed {
+        return Ok(None);
+    }
+    Ok(Some(Delivery {
+        window: info.tcpi_snd_wnd,
+        acked: info.tcpi_bytes_acked,
+        unsent: info.tcpi_notsent_bytes,
+        rtt: Duration::from_micros(u64::from(info.tcpi_rtt)),
+    }))
+}
+
+/// Not Linux: the kernel's view is not available.
+#[cfg(not(target_os = "linux"))]
+pub fn delivery(_fd: BorrowedFd<'_>) -> io::Result<Option<Delivery>> {
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+
+    /// Waits (bounded) until everything written to `tx` is acknowledged and the view is stable.
+    fn settled(tx: &TcpStream) -> Delivery {
+        let mut last = None;
+        for _ in 0..400 {
+            let d = delivery(tx.as_fd()).unwrap().expect("Linux 5.4 or later");
+            if last == Some(d) && d.unsent == 0 {
+                return d;
+            }
+            last = Some(d);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the connection never settled: {last:?}");
+    }
+
+    /// Once the peer's buffer holds what it has not read, the window does not grow while it
+    /// does not read, however much its kernel acknowledges, and grows once it reads. (Before
+    /// that, a receiver opens its window as data arrives: the relay only asks after a peer
+    /// has been silent for half a timeout.) The peer has a path MSS and a small buffer, as a
+    /// client on a real network has; loopback's 64 KiB segments would round every window to
+    /// zero or full.
+    #[test]
+    fn the_window_grows_only_when_the_peer_reads() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rx = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        rx.set_recv_buffer_size(64 * 1024).unwrap();
+        rx.set_tcp_mss(1448).unwrap();
+        rx.connect(&addr.into()).unwrap();
+        let mut rx: TcpStream = rx.into();
+        let (mut tx, _) = listener.accept().unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sent = 0;
+        let mut unread = settled(&tx);
+        while unread.window >= 16 * 1024 {
+            tx.write_all(&[7u8; 8 * 1024]).unwrap();
+            sent += 8 * 1024;
+            unread = settled(&tx);
+            assert!(sent <= 1 << 20, "the window never closed: {unread:?}");
+        }
+        for _ in 0..20 {
+            tx.write_all(b"ping").unwrap();
+            sent += 4;
+            let deaf = settled(&tx);
+            assert!(deaf.window <= unread.window, "no read, no growth: {deaf:?}");
+        }
+        let mut buf = vec![0u8; sent];
+        rx.read_exact(&mut buf).unwrap();
+        // Reading need not send a window update by itself; the acknowledgement of our next
+        // segment carries the window.
+        tx.write_all(b"x").unwrap();
+        let read = settled(&tx);
+        assert!(
+            read.window > unread.window,
+            "the peer read {sent} bytes: {read:?} after {unread:?}"
+        );
+    }
+}
