@@ -177,6 +177,28 @@ impl Heartbeat {
         }
     }
 
+    /// When the driver should look at the kernel's view of a silent peer, and the expiry that
+    /// look is for: half a timeout before the peer expires, if a probe is outstanding. See
+    /// the relay's liveness notes: the half gathers evidence that a peer busy reading bytes
+    /// queued ahead of our ping is alive.
+    pub(crate) fn kernel_look(&self) -> Option<(Instant, Instant)> {
+        let expiry = self.expiry()?;
+        Some((expiry - self.timeout() / 2, expiry))
+    }
+
+    /// When the next ping is due, if pings are on.
+    pub(crate) fn next_ping(&self) -> Option<Instant> {
+        (!self.cfg.interval.is_zero()).then_some(self.next_ping)
+    }
+
+    /// A ping sent only to make the peer's kernel acknowledge, with its current receive window,
+    /// while a probe is outstanding: a new payload, but the running timeout stays as it is.
+    pub(crate) fn extra_ping(&mut self, now: Instant) -> [u8; PING_PAYLOAD_LEN] {
+        self.seq = (self.seq + 1) & 0xFFFF_FFFF_FFFF;
+        self.last_ping = Some((self.seq, now));
+        encode_payload(self.seq)
+    }
+
     /// The next instant at which `handle_timeout` has something to do.
     ///
     /// Activity only ever moves deadlines later, so a driver may keep a timer armed for an

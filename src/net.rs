@@ -326,6 +326,34 @@ macro_rules! each_variant {
     };
 }
 
+/// What the kernel knows of how far a leg's peer has read our bytes. The relay asks only
+/// before it declares a silent peer dead ([`crate::relay`]); streams that do not sit on a TCP
+/// socket of ours answer `None`, and their peers are judged by frames alone.
+pub trait PeerDelivery {
+    /// The kernel's view, or `None` where there is none.
+    fn delivery(&self) -> Option<wsbeat_tcpinfo::Delivery>;
+}
+
+impl PeerDelivery for TcpStream {
+    fn delivery(&self) -> Option<wsbeat_tcpinfo::Delivery> {
+        use std::os::fd::AsFd;
+        wsbeat_tcpinfo::delivery(self.as_fd()).ok().flatten()
+    }
+}
+
+impl PeerDelivery for Conn {
+    fn delivery(&self) -> Option<wsbeat_tcpinfo::Delivery> {
+        self.tcp().and_then(PeerDelivery::delivery)
+    }
+}
+
+/// An in-memory pipe has no kernel behind it.
+impl PeerDelivery for tokio::io::DuplexStream {
+    fn delivery(&self) -> Option<wsbeat_tcpinfo::Delivery> {
+        None
+    }
+}
+
 impl AsyncRead for Conn {
     fn poll_read(
         self: Pin<&mut Self>,

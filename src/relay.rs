@@ -33,6 +33,13 @@
 //!   queued; a leg that takes no byte at all for the timeout is dead as before.
 //! - Read before declaring: when a heartbeat says dead, the leg only becomes a suspect; the
 //!   verdict stands if reading what already sits in its socket shows no life.
+//! - Ask the kernel: bytes already handed to the kernel sit between our ping and the peer, and
+//!   a slow reader answers only once it has read them. Half a timeout before a silent peer
+//!   expires, we note the receive window it advertised (`TCP_INFO`, [`PeerDelivery`]) and send
+//!   an extra ping, whose acknowledgement brings that window up to date. At the expiry, a
+//!   window that grew, or bytes acknowledged that were waiting for room, mean the peer read:
+//!   it is kept. A peer that does not read shows neither. If we were starved past the look, we
+//!   look at the expiry and decide half a timeout later, once.
 //!
 //! Layout: [`leg`] holds a leg's state as enums (what may still be read, how far the close
 //! toward it has come), [`pump`] one direction's buffer and framing, [`direction`] the I/O of
@@ -66,6 +73,7 @@ pub use crate::config::RelayConfig;
 use crate::frame::close_code;
 use crate::heartbeat::Action;
 use crate::metrics::{Metrics, Shard, Tally};
+use crate::net::PeerDelivery;
 use crate::outcome::{CloseReason, Initiator, Outcome};
 use crate::sessions::SessionInfo;
 use crate::shutdown::DrainWatcher;
@@ -108,8 +116,8 @@ pub struct SessionContext {
 /// Relays frames between `client` and `upstream` until the session ends.
 pub async fn run<C, U>(client: Peer<C>, upstream: Peer<U>, ctx: SessionContext) -> Outcome
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
+    U: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
 {
     let mut session = Session::new(client, upstream, ctx);
     let outcome = std::future::poll_fn(|cx| session.poll(cx)).await;
@@ -141,6 +149,37 @@ struct Shared<'a> {
     outcome: &'a mut Option<Outcome>,
     closing: &'a mut bool,
     text: Option<&'a mut TextSession>,
+}
+
+/// What the kernel's view says of a silent peer at its expiry.
+enum KernelVerdict {
+    /// It read since we looked: alive.
+    Read,
+    /// Not decided yet: the verdict comes at the look's `verdict_at`.
+    Wait,
+    /// No reading seen, or no view: dead.
+    Silent,
+}
+
+/// Whether the peer read between two looks at its kernel: its window grew (room freed in its
+/// receive buffer), or it acknowledged bytes that were waiting for room in its window. A peer
+/// that does not read does neither once its buffer is full; our extra ping alone never counts,
+/// since it waits behind nothing.
+fn peer_read(then: wsbeat_tcpinfo::Delivery, now: wsbeat_tcpinfo::Delivery) -> bool {
+    now.window > then.window || (then.unsent > 0 && now.acked > then.acked)
+}
+
+/// A look at the kernel's view of a silent leg: how far its peer had read when we looked, and
+/// when that is compared again. See "Liveness" in the module docs.
+#[derive(Clone, Copy, Debug)]
+struct KernelLook {
+    /// What the kernel said when we looked.
+    seen: wsbeat_tcpinfo::Delivery,
+    /// The expiry of the heartbeat probe this look is for.
+    expiry: Instant,
+    /// When the edge is read again for the verdict: the expiry, or later if the look itself
+    /// came late (a proxy starved of CPU).
+    verdict_at: Instant,
 }
 
 /// A session's text heartbeats (see [`crate::text_heartbeat`]).
@@ -232,6 +271,10 @@ struct Session<C, U> {
     /// what already sits in their sockets has been read: a proxy starved of CPU for a while
     /// must not kill a peer whose pong is waiting in its receive buffer.
     suspects: [bool; 2],
+    /// Per leg: its socket has a kernel view of delivery (see [`PeerDelivery`]).
+    kernel_view: [bool; 2],
+    /// Per leg: what its kernel said when we last looked at a silent peer.
+    kernel: [Option<KernelLook>; 2],
     drain: DrainWatcher,
     /// Wakes this task when the drain starts; polled once to register, then only when the
     /// drain flag says it is ready.
@@ -252,8 +295,8 @@ struct Session<C, U> {
 
 impl<C, U> Session<C, U>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
+    U: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
 {
     fn new(client: Peer<C>, upstream: Peer<U>, ctx: SessionContext) -> Self {
         let SessionContext {
@@ -273,6 +316,7 @@ where
                 "extension negotiated: compressed text pings cannot be recognised and are relayed"
             );
         }
+        let kernel_view = [client.io.delivery(), upstream.io.delivery()].map(|d| d.is_some());
         let client = Leg {
             io: Some(client.io),
             st: LegState::new(Side::Client, cfg.client, now),
@@ -308,6 +352,8 @@ where
             timer: Box::pin(tokio::time::sleep_until(first)),
             timer_registered: false,
             suspects: [false; 2],
+            kernel_view,
+            kernel: [None; 2],
             drain_wait: Box::pin(drain.going_away_owned()),
             drain,
             drain_registered: false,
@@ -617,9 +663,10 @@ where
         self.timer.as_mut().poll(cx).is_ready()
     }
 
-    /// Lets `side`'s heartbeat act at `now`: sends a ping, or declares the peer dead. A first
-    /// verdict of death only makes the leg a suspect; `confirmed` is the second asking, after
-    /// its socket was read. Returns whether the leg was dropped.
+    /// Lets `side`'s heartbeat act at `now`: sends a ping, looks at the kernel's view of a
+    /// silent peer, or declares the peer dead. A first verdict of death only makes the leg a
+    /// suspect; `confirmed` is the second asking, after its socket was read. Returns whether
+    /// the leg was dropped.
     fn on_heartbeat_due(&mut self, side: Side, now: Instant, confirmed: bool) -> bool {
         let timer = Timer::heartbeat(side);
         let (leg, from_pump) = match side {
@@ -635,26 +682,143 @@ where
             // proof of life we have not looked at yet.
             leg.hb.on_activity();
         }
-        match leg.hb.handle_timeout(now) {
-            Some(Action::SendPing(payload)) => {
-                leg.queue_ping(&payload);
-                self.metrics.pings_sent[side.index()].inc();
-                self.info.on_ping(side);
-            }
+        let action = leg.hb.handle_timeout(now);
+        match action {
+            Some(Action::SendPing(payload)) => self.send_ping(side, &payload),
             Some(Action::Expire) => {
                 self.timers.stop(timer);
                 if !confirmed {
                     self.suspects[side.index()] = true;
                     return false;
                 }
-                self.on_peer_timeout(side);
-                return true;
+                match self.kernel_verdict(side, now) {
+                    KernelVerdict::Read => self.leg_mut(side).hb.on_activity(),
+                    KernelVerdict::Wait => {}
+                    KernelVerdict::Silent => {
+                        self.on_peer_timeout(side);
+                        return true;
+                    }
+                }
             }
             None => {}
         }
-        let at = on_grid(leg.hb.poll_timeout(), timer_grid(&self.cfg));
-        self.timers.set(timer, at);
+        self.look_at_kernel(side, now);
+        self.arm_heartbeat(side, now);
         false
+    }
+
+    fn leg_mut(&mut self, side: Side) -> &mut LegState {
+        match side {
+            Side::Client => &mut self.client.st,
+            Side::Upstream => &mut self.upstream.st,
+        }
+    }
+
+    /// The kernel's view of `side`'s delivery, while it has a socket.
+    fn delivery(&self, side: Side) -> Option<wsbeat_tcpinfo::Delivery> {
+        if !self.kernel_view[side.index()] {
+            return None;
+        }
+        match side {
+            Side::Client => self.client.io.as_ref()?.delivery(),
+            Side::Upstream => self.upstream.io.as_ref()?.delivery(),
+        }
+    }
+
+    /// Queues one of our pings for `side` and counts it.
+    fn send_ping(&mut self, side: Side, payload: &[u8]) {
+        self.leg_mut(side).queue_ping(payload);
+        self.metrics.pings_sent[side.index()].inc();
+        self.info.on_ping(side);
+    }
+
+    /// Half a timeout before a silent peer expires, notes the receive window its kernel last
+    /// advertised, and sends an extra ping: the peer's kernel acknowledges it with the window
+    /// as it is then, so at the expiry a grown window shows that the peer read in between.
+    fn look_at_kernel(&mut self, side: Side, now: Instant) {
+        let Some((look_at, expiry)) = self.leg_mut(side).hb.kernel_look() else {
+            return;
+        };
+        let looked = self.kernel[side.index()].is_some_and(|k| k.expiry == expiry);
+        if looked || now < look_at || now >= expiry {
+            return;
+        }
+        let Some(d) = self.delivery(side) else {
+            return;
+        };
+        self.kernel[side.index()] = Some(KernelLook {
+            seen: d,
+            expiry,
+            verdict_at: expiry,
+        });
+        let payload = self.leg_mut(side).hb.extra_ping(now);
+        self.send_ping(side, &payload);
+    }
+
+    /// At a silent peer's expiry: whether its kernel shows it read since we looked. Without a
+    /// look for this expiry (the proxy was starved past the look, or no view), looks now and
+    /// decides half a timeout later, so a CPU stall of ours is not taken for a dead peer.
+    fn kernel_verdict(&mut self, side: Side, now: Instant) -> KernelVerdict {
+        let Some((look_at, expiry)) = self.leg_mut(side).hb.kernel_look() else {
+            return KernelVerdict::Silent;
+        };
+        let Some(d) = self.delivery(side) else {
+            return KernelVerdict::Silent;
+        };
+        let slot = &mut self.kernel[side.index()];
+        match *slot {
+            Some(k) if k.expiry == expiry && now >= k.verdict_at => {
+                *slot = None;
+                tracing::debug!(
+                    side = side.as_str(),
+                    window_then = k.seen.window,
+                    window_now = d.window,
+                    unsent_then = k.seen.unsent,
+                    acked = d.acked - k.seen.acked,
+                    "silent peer: what its kernel showed between the look and the expiry"
+                );
+                if peer_read(k.seen, d) {
+                    KernelVerdict::Read
+                } else {
+                    KernelVerdict::Silent
+                }
+            }
+            Some(k) if k.expiry == expiry => KernelVerdict::Wait,
+            // A late look is granted once per expiry; past a whole extra timeout the peer is
+            // dead whatever happened to us.
+            _ if now >= expiry + 2 * (expiry - look_at) => KernelVerdict::Silent,
+            _ => {
+                *slot = Some(KernelLook {
+                    seen: d,
+                    expiry,
+                    verdict_at: now + (expiry - look_at),
+                });
+                let payload = self.leg_mut(side).hb.extra_ping(now);
+                self.send_ping(side, &payload);
+                KernelVerdict::Wait
+            }
+        }
+    }
+
+    /// Re-arms `side`'s heartbeat timer for its next event: a ping, the look at the kernel,
+    /// the expiry, or the verdict of a late look.
+    fn arm_heartbeat(&mut self, side: Side, now: Instant) {
+        let kernel = self.kernel[side.index()];
+        let view = self.kernel_view[side.index()];
+        let hb = &self.leg_mut(side).hb;
+        let mut at = hb.poll_timeout();
+        if let Some((look_at, expiry)) = hb.kernel_look() {
+            match kernel {
+                Some(k) if k.expiry == expiry => {
+                    // The expiry is past or the look is done: wake for the verdict.
+                    at = hb.next_ping().map_or(k.verdict_at, |p| p.min(k.verdict_at));
+                }
+                _ if view && look_at > now => at = at.min(look_at),
+                _ => {}
+            }
+        }
+        let at = on_grid(at, timer_grid(&self.cfg));
+        self.timers.set(Timer::heartbeat(side), at);
     }
 
     /// Sends `side` its injected text message (keep-alive or text ping) if it has been quiet

@@ -38,6 +38,12 @@ struct Gated {
     readable: Arc<AtomicBool>,
 }
 
+impl crate::net::PeerDelivery for Gated {
+    fn delivery(&self) -> Option<wsbeat_tcpinfo::Delivery> {
+        None
+    }
+}
+
 impl tokio::io::AsyncRead for Gated {
     fn poll_read(
         mut self: Pin<&mut Self>,
