@@ -18,6 +18,7 @@ pub mod peers;
 pub mod prom;
 pub mod proxy;
 pub mod raw;
+pub mod slow;
 pub mod tls;
 
 use std::future::Future;
