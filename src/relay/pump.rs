@@ -20,6 +20,30 @@ use crate::text_heartbeat::{MAX_TEXT_LEN, TextMatcher};
 /// Largest payload of a frame the fast path takes: one with a 7-bit length.
 const SMALL_FRAME_PAYLOAD: usize = 125;
 
+/// First byte of a final, unfragmented text frame with no RSV bits: a whole text message.
+const WHOLE_TEXT: u8 = 0x80 | frame::OP_TEXT;
+/// ...and of a whole binary message.
+const WHOLE_BINARY: u8 = 0x80 | frame::OP_BINARY;
+
+/// What the fast path accepts in a frame's second byte, worked out once per parse: the mask
+/// bit the source must set, and the largest 7-bit length (125, or less under a lower
+/// `--max-frame-size`).
+#[derive(Clone, Copy)]
+struct SmallLimit {
+    mask_bit: u8,
+    payload: u8,
+}
+
+impl SmallLimit {
+    fn new(masked_input: bool, max_frame: u64) -> SmallLimit {
+        SmallLimit {
+            mask_bit: if masked_input { 0x80 } else { 0 },
+            // At most 125, so the cast cannot truncate.
+            payload: max_frame.min(SMALL_FRAME_PAYLOAD as u64) as u8,
+        }
+    }
+}
+
 /// What the pump does with the frames it parses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -133,7 +157,9 @@ pub(crate) struct Pump {
     in_data: bool,
     /// ...whose payload is text to check.
     in_text: bool,
-    /// Message boundaries of the source's stream, and the UTF-8 of its text messages.
+    /// Message boundaries of the source's stream, and the UTF-8 of its text messages: the one
+    /// record of whether the destination's stream is inside a message (RFC 6455 5.4), which
+    /// both the sequence check and the insertion of messages of our own go by.
     messages: Messages,
     /// Output bytes written so far: the stream offset of `wpos`.
     written: u64,
@@ -153,9 +179,6 @@ pub(crate) struct Pump {
     strict: bool,
     /// Whether masked input gets a fresh key or keeps its own (only client input is masked).
     masking: UpstreamMasking,
-    /// The latest data frame relayed did not end its message (RFC 6455 5.4): a message of our
-    /// own may not be put into the destination's stream now.
-    mid_message: bool,
     /// Text heartbeats to look for; `None` (the default) skips the check entirely.
     text: Option<TextRule>,
 }
@@ -194,7 +217,6 @@ impl Pump {
             stalled: false,
             strict,
             masking,
-            mid_message: false,
             text: None,
         }
     }
@@ -261,7 +283,7 @@ impl Pump {
     /// relayed so far is written, ends at a frame boundary and finished its message, and the
     /// pump still relays (nothing of ours goes after a relayed close).
     pub(crate) fn between_messages(&self) -> bool {
-        self.mode == Mode::Forward && !self.mid_message && self.is_drained()
+        self.mode == Mode::Forward && !self.messages.in_message() && self.is_drained()
     }
 
     /// Stream offset of the end of the latest relayed frame: when it moves, something was
@@ -383,6 +405,7 @@ impl Pump {
         max_frame: u64,
         mut on_data: impl FnMut(u8, bool, u64),
     ) -> Result<Parsed, Violation> {
+        let limit = SmallLimit::new(masked_input, max_frame);
         loop {
             if self.in_left > 0 {
                 if !self.advance_payload()? {
@@ -393,8 +416,8 @@ impl Pump {
             if self.mode == Mode::Draining {
                 self.mode = Mode::Discard;
             }
-            if let Some((opcode, fin, len)) = self.relay_small_data_frame(masked_input, max_frame) {
-                on_data(opcode, fin, len);
+            if let Some((opcode, len)) = self.relay_small_data_frame(masked_input, limit) {
+                on_data(opcode, true, len);
                 continue;
             }
             let Some(buf) = &self.buf else {
@@ -451,9 +474,6 @@ impl Pump {
                 Candidate::Match { cut: false } => {}
             }
             self.start_data_frame(&h)?;
-            if !h.is_control() {
-                self.mid_message = !h.fin;
-            }
             on_data(h.opcode, h.fin, h.frame_len());
             if let Candidate::Match { cut: false } = text {
                 return Ok(Parsed::Text { relayed: true });
@@ -470,7 +490,7 @@ impl Pump {
     fn text_candidate(&self, rule: &TextRule, h: &Header, masked_input: bool) -> Candidate {
         let len = h.payload_len as usize;
         if self.mode != Mode::Forward
-            || self.mid_message
+            || self.messages.in_message()
             || h.opcode != frame::OP_TEXT
             || !h.fin
             || h.rsv != 0
@@ -499,52 +519,43 @@ impl Pump {
     }
 
     /// The fast path for the most common frame: a whole message in one data frame with a 7-bit
-    /// length, no RSV bits and the expected masking, wholly buffered, while relaying (text only
-    /// if it is UTF-8). It is re-masked and passed on
-    /// in one step, with the same result as [`Pump::start_frame`] and [`Pump::advance_payload`]
-    /// would give it; anything else returns `None` and goes the general way. Returns
-    /// `(opcode, fin, frame_len)`. With 64-byte messages this path is most of the work: it
-    /// cut the proxy's user-space instructions per message from 761 to 592 (callgrind,
-    /// docs/PERFORMANCE.md).
+    /// length, no RSV bits and the expected masking, wholly buffered, while relaying and between
+    /// messages (text only if it is UTF-8, and not if it may be a text heartbeat). It is
+    /// re-masked and passed on in one step, with the same result as [`Pump::start_frame`] and
+    /// [`Pump::advance_payload`] would give it, and no change of message state; anything else
+    /// returns `None` and goes the general way, which tracks the sequence and reports
+    /// violations. Returns `(opcode, frame_len)`. With 64-byte messages this path is most of
+    /// the work: it cut the proxy's user-space instructions per message from 761 to 592
+    /// (callgrind, docs/PERFORMANCE.md).
+    ///
+    /// `limit` is [`SmallLimit`]: each header byte is judged with one comparison.
     #[inline(always)]
     fn relay_small_data_frame(
         &mut self,
         masked_input: bool,
-        max_frame: u64,
-    ) -> Option<(u8, bool, u64)> {
+        limit: SmallLimit,
+    ) -> Option<(u8, u64)> {
         let buf = self.buf.as_mut()?;
         let input = &mut buf[self.ppos..self.end];
         let [b0, b1, ..] = *input else {
             return None;
         };
-        let opcode = b0 & 0x0F;
-        let payload = usize::from(b1 & 0x7F);
-        if self.mode != Mode::Forward
-            || b0 & 0x70 != 0
-            || opcode > frame::OP_BINARY
-            || (b1 & 0x80 != 0) != masked_input
-            || payload > SMALL_FRAME_PAYLOAD
-            || payload as u64 > max_frame
-        {
-            return None;
-        }
-        // A whole text message as long as a configured text heartbeat: the general path
-        // compares it. Every other frame stays here.
-        if b0 == 0x80 | frame::OP_TEXT
-            && let Some(rule) = &self.text
-            && rule.matcher.may_match(payload)
+        // A final text (0x81) or binary (0x82) frame, no RSV bits: a whole message. The mask
+        // bit flipped to what the source must send leaves the 7-bit length, or 128 and more.
+        let payload = b1 ^ limit.mask_bit;
+        if b0.wrapping_sub(WHOLE_TEXT) > WHOLE_BINARY - WHOLE_TEXT
+            || payload > limit.payload
+            || self.mode != Mode::Forward
+            || self.messages.in_message()
         {
             return None;
         }
         let header = if masked_input { 6 } else { 2 };
-        let frame = input.get_mut(..header + payload)?;
-        // Only whole messages in one frame take this path; fragments, and text that fails its
-        // check, go the general way, which tracks the sequence and reports the violation.
-        let fin = b0 & 0x80 != 0;
-        match self.messages.whole_message(opcode, fin) {
-            Some(false) => {}
-            Some(true) if is_small_text_valid(frame, masked_input) => {}
-            _ => return None,
+        let frame = input.get_mut(..header + usize::from(payload))?;
+        if b0 == WHOLE_TEXT
+            && !small_text_stays(self.text.as_ref(), &self.messages, frame, masked_input)
+        {
+            return None;
         }
         if masked_input && self.masking == UpstreamMasking::Fresh {
             let (key, body) = frame[2..].split_at_mut(4);
@@ -557,8 +568,8 @@ impl Pump {
         self.last_start = self.written + (self.ppos - self.wpos) as u64;
         self.last_end = self.last_start + len as u64;
         self.ppos += len;
-        self.mid_message = !fin;
-        Some((opcode, fin, len as u64))
+        // 1 or 2 by the first test, which the metrics' opcode lookup then folds away.
+        Some((b0 - 0x80, len as u64))
     }
 
     /// Processes as much of the current payload as is buffered; false when none is.
@@ -749,6 +760,25 @@ fn check_close_payload(payload: &[u8]) -> Result<(), Violation> {
             Ok(())
         }
     }
+}
+
+/// Whether a whole small text message stays on the fast path: it is not as long as a
+/// configured text heartbeat (the general path compares those), and it is UTF-8 when text is
+/// checked (else the general path reports it).
+#[inline(always)]
+fn small_text_stays(
+    text: Option<&TextRule>,
+    messages: &Messages,
+    frame: &[u8],
+    masked_input: bool,
+) -> bool {
+    let payload = frame.len() - if masked_input { 6 } else { 2 };
+    if let Some(rule) = text
+        && rule.matcher.may_match(payload)
+    {
+        return false;
+    }
+    !messages.checks_text() || is_small_text_valid(frame, masked_input)
 }
 
 /// Whether the payload of a whole small text frame is UTF-8, read in the clear on a copy when
