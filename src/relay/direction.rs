@@ -242,8 +242,8 @@ fn read_ended(src: &mut LegState, pump: &mut Pump) -> Result<Read, Event> {
 fn parse_input(src: &mut LegState, pump: &mut Pump, shared: &mut Shared<'_>) -> Result<(), Event> {
     let side = src.side();
     let masked = side == Side::Client;
-    if side == Side::Upstream
-        && let Some(text) = shared.text.as_deref()
+    if let Some(text) = shared.text.as_deref()
+        && side == Side::Upstream
     {
         // Absorb an upstream answer only while one is owed.
         pump.set_text_cut(text.owed > 0);
