@@ -77,7 +77,7 @@ use crate::net::PeerDelivery;
 use crate::outcome::{CloseReason, Initiator, Outcome};
 use crate::sessions::SessionInfo;
 use crate::shutdown::DrainWatcher;
-use crate::text_heartbeat::{TextHeartbeatConfig, TextKind, TextTimer};
+use crate::text_heartbeat::{OwedAnswers, TextHeartbeatConfig, TextKind, TextTimer};
 use leg::{CloseFrame, Failure, LegState};
 use pump::{Pump, TextRule, Violation};
 use timers::{Timer, TimerTable, on_grid, timer_grid};
@@ -190,7 +190,7 @@ struct TextSession {
     /// When the upstream is due a text ping.
     upstream_ping: Option<TextTimer>,
     /// Upstream answers we are owed (text pings sent or forwarded), so may absorb.
-    owed: u32,
+    owed: OwedAnswers,
     /// [`Pump::relayed_end`] of the pumps into the client and into the upstream when last
     /// looked at: a change means a message went toward that leg.
     relayed: [u64; 2],
@@ -223,7 +223,7 @@ impl TextSession {
             keepalive: timer(&cfg.client_keepalive),
             upstream_ping: timer(&cfg.upstream_ping),
             cfg: Arc::clone(cfg),
-            owed: 0,
+            owed: OwedAnswers::default(),
             relayed: [0; 2],
         })
     }
@@ -861,7 +861,7 @@ where
         if let Some(message) = message.filter(|_| due && !leg.text_waiting()) {
             leg.queue_text(&message.text);
             if side == Side::Upstream && cfg.upstream_pong.is_some() {
-                text.owed = text.owed.saturating_add(1);
+                text.owed.on_ping_sent();
             }
             self.metrics.text_heartbeat(side, TextKind::Injected);
             self.info.on_text_heartbeat(side, TextKind::Injected, now);

@@ -282,6 +282,35 @@ impl TextTimer {
     }
 }
 
+/// Most upstream answers wsbeat is owed at once. An upstream that answers text pings does so
+/// within an interval or two, so a few cover every late answer. Without a cap, an upstream
+/// that never answers would be owed one more answer per ping for the whole session, and every
+/// message of its own equal to the pong text would be absorbed from then on.
+pub const MAX_OWED_ANSWERS: u8 = 4;
+
+/// Upstream answers to text pings that wsbeat may absorb: one per text ping it sent or
+/// forwarded, never more than [`MAX_OWED_ANSWERS`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwedAnswers(u8);
+
+impl OwedAnswers {
+    /// A text ping went to the upstream: one more answer is owed, up to the cap.
+    pub fn on_ping_sent(&mut self) {
+        self.0 = (self.0 + 1).min(MAX_OWED_ANSWERS);
+    }
+
+    /// Whether an answer is owed, so that an upstream message equal to the pong text is
+    /// absorbed rather than relayed.
+    pub fn any(self) -> bool {
+        self.0 > 0
+    }
+
+    /// An owed answer arrived (and was absorbed).
+    pub fn on_answer(&mut self) {
+        self.0 = self.0.saturating_sub(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +382,25 @@ mod tests {
         t.on_sent(t0 + 10 * MS);
         assert_eq!(t.poll_timeout(), t0 + 160 * MS);
         assert!(t.handle_timeout(t0 + 170 * MS));
+    }
+
+    #[test]
+    fn owed_answers_are_capped_for_an_upstream_that_never_answers() {
+        let mut owed = OwedAnswers::default();
+        assert!(!owed.any());
+        for _ in 0..10_000 {
+            owed.on_ping_sent();
+        }
+        // However many pings went unanswered, only the cap's worth of answers is absorbed.
+        for _ in 0..MAX_OWED_ANSWERS {
+            assert!(owed.any());
+            owed.on_answer();
+        }
+        assert!(!owed.any(), "the next pong text is relayed");
+        owed.on_answer();
+        assert_eq!(owed, OwedAnswers::default(), "never below zero");
+        owed.on_ping_sent();
+        assert!(owed.any(), "a new ping is owed its answer again");
     }
 
     #[test]

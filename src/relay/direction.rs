@@ -246,7 +246,7 @@ fn parse_input(src: &mut LegState, pump: &mut Pump, shared: &mut Shared<'_>) -> 
         && side == Side::Upstream
     {
         // Absorb an upstream answer only while one is owed.
-        pump.set_text_cut(text.owed > 0);
+        pump.set_text_cut(text.owed.any());
     }
     loop {
         let tally = &mut *shared.tally;
@@ -284,13 +284,13 @@ fn on_text(
                 keepalive.on_sent(now);
             }
             if relayed && text.cfg.upstream_pong.is_some() {
-                text.owed = text.owed.saturating_add(1);
+                text.owed.on_ping_sent();
             }
             TextKind::Answered
         }
         Side::Upstream if !relayed => {
-            text.owed = text.owed.saturating_sub(1);
-            pump.set_text_cut(text.owed > 0);
+            text.owed.on_answer();
+            pump.set_text_cut(text.owed.any());
             TextKind::Absorbed
         }
         // Equal to the pong text, but nothing was owed: relayed like any message.
