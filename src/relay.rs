@@ -274,7 +274,8 @@ struct Session<C, U> {
     /// Per leg: its socket has a kernel view of delivery (see [`PeerDelivery`]).
     kernel_view: [bool; 2],
     /// Per leg: what its kernel said when we last looked at a silent peer.
-    kernel: [Option<KernelLook>; 2],
+    /// Boxed: it exists only while a leg is silent, and idle sessions stay small.
+    kernel: [Option<Box<KernelLook>>; 2],
     drain: DrainWatcher,
     /// Wakes this task when the drain starts; polled once to register, then only when the
     /// drain flag says it is ready.
@@ -353,7 +354,7 @@ where
             timer_registered: false,
             suspects: [false; 2],
             kernel_view,
-            kernel: [None; 2],
+            kernel: [None, None],
             drain_wait: Box::pin(drain.going_away_owned()),
             drain,
             drain_registered: false,
@@ -752,18 +753,20 @@ where
         let Some((look_at, expiry)) = self.leg_mut(side).hb.kernel_look() else {
             return;
         };
-        let looked = self.kernel[side.index()].is_some_and(|k| k.expiry == expiry);
+        let looked = self.kernel[side.index()]
+            .as_ref()
+            .is_some_and(|k| k.expiry == expiry);
         if looked || now < look_at || now >= expiry {
             return;
         }
         let Some(d) = self.delivery(side) else {
             return;
         };
-        self.kernel[side.index()] = Some(KernelLook {
+        self.kernel[side.index()] = Some(Box::new(KernelLook {
             seen: d,
             expiry,
             verdict_at: expiry,
-        });
+        }));
         let payload = self.leg_mut(side).hb.extra_ping(now);
         self.send_ping(side, &payload);
     }
@@ -779,7 +782,7 @@ where
             return KernelVerdict::Silent;
         };
         let slot = &mut self.kernel[side.index()];
-        match *slot {
+        match slot.as_deref().copied() {
             Some(k) if k.expiry == expiry && now >= k.verdict_at => {
                 *slot = None;
                 tracing::debug!(
@@ -801,11 +804,11 @@ where
             // dead whatever happened to us.
             _ if now >= expiry + 2 * (expiry - look_at) => KernelVerdict::Silent,
             _ => {
-                *slot = Some(KernelLook {
+                *slot = Some(Box::new(KernelLook {
                     seen: d,
                     expiry,
                     verdict_at: now + (expiry - look_at),
-                });
+                }));
                 let payload = self.leg_mut(side).hb.extra_ping(now);
                 self.send_ping(side, &payload);
                 KernelVerdict::Wait
@@ -816,7 +819,7 @@ where
     /// Re-arms `side`'s heartbeat timer for its next event: a ping, the look at the kernel,
     /// the expiry, or the verdict of a late look.
     fn arm_heartbeat(&mut self, side: Side, now: Instant) {
-        let kernel = self.kernel[side.index()];
+        let kernel = self.kernel[side.index()].as_deref().copied();
         let view = self.kernel_view[side.index()];
         let hb = &self.leg_mut(side).hb;
         let mut at = hb.poll_timeout();
