@@ -125,14 +125,16 @@ impl Heartbeat {
     }
 
     /// The latest ping was written to the socket at `now`: the pong timeout starts, unless one
-    /// already runs for an earlier ping.
-    pub(crate) fn on_ping_written(&mut self, now: Instant) {
-        if !matches!(self.probe, Probe::Sent { .. }) {
+    /// already runs for an earlier ping. True if it started.
+    pub(crate) fn on_ping_written(&mut self, now: Instant) -> bool {
+        let starts = !matches!(self.probe, Probe::Sent { .. });
+        if starts {
             self.probe = Probe::Sent { since: now };
         }
         if let Some((seq, _)) = self.last_ping {
             self.last_ping = Some((seq, now));
         }
+        starts
     }
 
     /// A pong arrived. It also counts as activity.
@@ -189,6 +191,14 @@ impl Heartbeat {
     /// When the next ping is due, if pings are on.
     pub(crate) fn next_ping(&self) -> Option<Instant> {
         (!self.cfg.interval.is_zero()).then_some(self.next_ping)
+    }
+
+    /// When the outstanding probe started (its ping was queued or written), if one is.
+    pub(crate) fn probe_since(&self) -> Option<Instant> {
+        match self.probe {
+            Probe::Settled => None,
+            Probe::Queued { since } | Probe::Sent { since } => Some(since),
+        }
     }
 
     /// A ping sent only to make the peer's kernel acknowledge, with its current receive window,

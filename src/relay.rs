@@ -762,8 +762,16 @@ where
         let Some(d) = self.delivery(side) else {
             return;
         };
+        // The reference is the view when the ping left behind relayed bytes, if it was noted:
+        // reading shows over the whole timeout, not only its second half.
+        let leg = self.leg_mut(side);
+        let since = leg.hb.probe_since();
+        let seen = match leg.view_at_ping.take() {
+            Some(v) if Some(v.0) == since => v.1,
+            _ => d,
+        };
         self.kernel[side.index()] = Some(Box::new(KernelLook {
-            seen: d,
+            seen,
             expiry,
             verdict_at: expiry,
         }));

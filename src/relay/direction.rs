@@ -15,6 +15,7 @@ use super::{CTRL_QUEUE_LIMIT, Event, Leg, Outcome, Shared};
 use crate::Side;
 use crate::frame;
 use crate::heartbeat::PongMatch;
+use crate::net::PeerDelivery;
 use crate::outcome::CloseReason;
 use crate::text_heartbeat::TextKind;
 
@@ -28,8 +29,8 @@ pub(super) fn direction<A, B>(
     cx: &mut Context<'_>,
 ) -> Result<bool, Event>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
+    B: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
 {
     let progress = poll_write_out(dst, pump, cx)?;
     match poll_read_in(src, pump, cx)? {
@@ -65,7 +66,7 @@ enum Read {
 /// boundaries. Returns whether anything was written.
 fn poll_write_out<B>(dst: &mut Leg<B>, pump: &mut Pump, cx: &mut Context<'_>) -> Result<bool, Event>
 where
-    B: AsyncWrite + Unpin,
+    B: AsyncWrite + PeerDelivery + Unpin,
 {
     let Some(io) = dst.io.as_mut() else {
         pump.drop_output();
@@ -141,7 +142,7 @@ fn write_once<B>(
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<bool>>
 where
-    B: AsyncWrite + Unpin,
+    B: AsyncWrite + PeerDelivery + Unpin,
 {
     let to_boundary = pump.out_until_boundary();
     let ctrl_waiting = !leg.pending_ctrl().is_empty();
@@ -159,12 +160,12 @@ where
     }
     let written = if ctrl_first && data.is_empty() {
         // A heartbeat on an idle leg: a plain send, without writev's extra kernel layers.
-        ready!(Pin::new(io).poll_write(cx, leg.pending_ctrl()))?
+        ready!(Pin::new(&mut *io).poll_write(cx, leg.pending_ctrl()))?
     } else if ctrl_first {
         let bufs = [IoSlice::new(leg.pending_ctrl()), IoSlice::new(data)];
-        ready!(Pin::new(io).poll_write_vectored(cx, &bufs))?
+        ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?
     } else {
-        ready!(Pin::new(io).poll_write(cx, data))?
+        ready!(Pin::new(&mut *io).poll_write(cx, data))?
     };
     if written == 0 {
         return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -172,8 +173,14 @@ where
     let mut n = written;
     if ctrl_first {
         let c = n.min(leg.pending_ctrl().len());
-        leg.ctrl_written(c);
+        if let Some(at) = leg.ctrl_written(c) {
+            // The ping went out behind relayed bytes: note how far the peer had read.
+            leg.view_at_ping = io.delivery().map(|d| Box::new((at, d)));
+        }
         n -= c;
+    }
+    if n > 0 {
+        leg.on_data_written();
     }
     pump.consumed(n);
     Poll::Ready(Ok(true))

@@ -114,6 +114,13 @@ pub(crate) struct LegState {
     /// A flush returned `Pending` (TLS holds encrypted bytes): it is polled again on every
     /// wake-up until it completes, not only when new bytes are written.
     pub(crate) flush_owed: bool,
+    /// Relayed bytes were written to the leg since the kernel's view was last noted: a ping
+    /// written now may wait behind them in the kernels.
+    wrote_data: bool,
+    /// The kernel's view when the running pong timeout started (a ping left behind relayed
+    /// bytes), with that instant: the reference a silent peer's reading is judged against.
+    /// Boxed, as it exists only for legs that carry data.
+    pub(crate) view_at_ping: Option<Box<(Instant, wsbeat_tcpinfo::Delivery)>>,
 }
 
 impl LegState {
@@ -131,6 +138,8 @@ impl LegState {
             write_parked: false,
             write_blocked: false,
             flush_owed: false,
+            wrote_data: false,
+            view_at_ping: None,
         }
     }
 
@@ -313,17 +322,29 @@ impl LegState {
         self.ctrl.pending()
     }
 
-    /// Records that `n` control bytes were written.
-    pub(crate) fn ctrl_written(&mut self, n: usize) {
+    /// Records that `n` control bytes were written. Returns when a pong timeout started with
+    /// them, if it did behind relayed bytes: the caller notes the kernel's view then.
+    pub(crate) fn ctrl_written(&mut self, n: usize) -> Option<Instant> {
         let ping_left = self.ctrl.ping_end != 0 && self.ctrl.pos + n >= self.ctrl.ping_end;
+        let mut started = None;
         if ping_left {
             self.ctrl.ping_end = 0;
             // Read the clock only here: once per ping, never per frame.
-            self.hb.on_ping_written(Instant::now());
+            let now = Instant::now();
+            if self.hb.on_ping_written(now) && std::mem::take(&mut self.wrote_data) {
+                started = Some(now);
+            }
         }
         if self.ctrl.written(n) && self.outbound() == Some(Outbound::CloseQueued) {
             self.set_outbound(Outbound::CloseSent);
         }
+        started
+    }
+
+    /// Relayed bytes were written to the leg.
+    #[inline]
+    pub(crate) fn on_data_written(&mut self) {
+        self.wrote_data = true;
     }
 }
 
