@@ -269,10 +269,12 @@ start_target() {
             ;;
         wsbeat | wsbeat-forward)
             read -r port admin < <("$BENCH" ports --count 2 | paste -sd' ')
-            local masking=fresh
-            [ "$1" = wsbeat-forward ] && masking=forward
+            # The plain target runs with the defaults; only wsbeat-forward names the masking
+            # (so binaries from before the flag can be measured too).
+            local masking=()
+            [ "$1" = wsbeat-forward ] && masking=(--upstream-masking forward)
             "$WSBEAT_BIN" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-                --upstream "ws://127.0.0.1:$ECHO_PORT" --upstream-masking "$masking" \
+                --upstream "ws://127.0.0.1:$ECHO_PORT" "${masking[@]}" \
                 --client-ping-interval "$PING_INTERVAL" --upstream-ping-interval "$PING_INTERVAL" \
                 "${wsbeat_tls[@]}" --log-level warn 2>>"$OUT/wsbeat.log" >/dev/null &
             pid=$!
