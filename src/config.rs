@@ -138,7 +138,7 @@ pub struct Config {
     /// What is asked of connecting clients.
     pub clients: ClientConfig,
     /// Settings of each upgraded session, handed to the relay as they are.
-    pub relay: RelayConfig,
+    pub relay: std::sync::Arc<RelayConfig>,
     /// How a drain proceeds.
     pub shutdown: ShutdownConfig,
     /// Threads and logging.
@@ -391,7 +391,7 @@ impl Config {
             listen: ListenConfig::parse(&cli.listen, p),
             upstream: UpstreamConfig::parse(&cli.upstream, cli.demo.demo, demo_listen, p),
             clients: ClientConfig::parse(&cli.clients, p),
-            relay: RelayConfig::parse(&cli.relay, &cli.text, p),
+            relay: std::sync::Arc::new(RelayConfig::parse(&cli.relay, &cli.text, p)),
             shutdown: ShutdownConfig::parse(&cli.shutdown, p),
             process: ProcessConfig::parse(&cli.process, p),
             demo: cli.demo.demo.then_some(demo_listen),

@@ -100,8 +100,8 @@ pub struct Peer<S> {
 
 /// What a session reports to and listens for, besides its two connections.
 pub struct SessionContext {
-    /// Settings.
-    pub cfg: RelayConfig,
+    /// Settings, shared by every session of the proxy.
+    pub cfg: Arc<RelayConfig>,
     /// The proxy's drain: once it is going away, both legs get close 1001.
     pub drain: DrainWatcher,
     /// Where counters go.
@@ -260,7 +260,7 @@ struct Session<C, U> {
     upstream: Leg<U>,
     c2u: Pump,
     u2c: Pump,
-    cfg: RelayConfig,
+    cfg: Arc<RelayConfig>,
     /// Every deadline of the session.
     timers: TimerTable,
     /// One `Sleep` for the whole table, armed for its earliest deadline.
@@ -290,8 +290,8 @@ struct Session<C, U> {
     /// This thread's shard of the per-frame counters, where `tally` is flushed.
     shard: Arc<Shard>,
     received: [u64; 2],
-    /// `None` when text heartbeats are off.
-    text: Option<TextSession>,
+    /// `None` when text heartbeats are off (the default), so boxed: idle sessions stay small.
+    text: Option<Box<TextSession>>,
 }
 
 impl<C, U> Session<C, U>
@@ -311,7 +311,7 @@ where
         let mut c2u = Pump::new(client.read_ahead, !extensions, cfg.upstream_masking);
         // Upstream frames are never masked, so the masking setting does not apply to them.
         let mut u2c = Pump::new(upstream.read_ahead, !extensions, cfg.upstream_masking);
-        let text = TextSession::new(&cfg.text, &mut c2u, &mut u2c, now);
+        let text = TextSession::new(&cfg.text, &mut c2u, &mut u2c, now).map(Box::new);
         if text.is_some() && extensions {
             tracing::debug!(
                 "extension negotiated: compressed text pings cannot be recognised and are relayed"
@@ -491,7 +491,7 @@ where
             received: &mut self.received,
             outcome: &mut self.outcome,
             closing: &mut self.closing,
-            text: self.text.as_mut(),
+            text: self.text.as_deref_mut(),
         };
         let a = direction::direction(
             &mut self.client,

@@ -214,7 +214,7 @@ async fn run_case(world: &World, case: &Case, input: Vec<u8>) -> Received {
     let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
     let registration = world.sessions.register(addr, "/".into());
     let ctx = SessionContext {
-        cfg: relay_config(case),
+        cfg: std::sync::Arc::new(relay_config(case)),
         drain: world.drain.watcher(),
         metrics: Arc::clone(&world.metrics),
         info: Arc::clone(registration.info()),

@@ -530,7 +530,7 @@ fn relay_settings_are_one_group() {
         upstream_masking: UpstreamMasking::Forward,
         text: Default::default(),
     };
-    assert_eq!(config.relay, want);
+    assert_eq!(*config.relay, want);
 }
 
 /// Re-masking with fresh keys is the default (RFC 6455 10.3); forwarding the client's keys is

@@ -51,7 +51,7 @@ impl Proxy {
                 read_ahead: upstream_ahead,
             },
             SessionContext {
-                cfg: self.config.relay.clone(),
+                cfg: Arc::clone(&self.config.relay),
                 drain: self.drain.clone(),
                 metrics: Arc::clone(&self.metrics),
                 info: Arc::clone(registration.info()),

@@ -106,7 +106,7 @@ fn start(cfg: RelayConfig, capacity: usize) -> Harness {
     let client_readable = Arc::new(AtomicBool::new(true));
     let readable = Arc::clone(&client_readable);
     let ctx = SessionContext {
-        cfg,
+        cfg: Arc::new(cfg),
         drain: watcher,
         metrics: Arc::clone(&metrics),
         info: Arc::clone(registration.info()),
