@@ -201,9 +201,10 @@ impl Heartbeat {
         }
     }
 
-    /// A ping sent only to make the peer's kernel acknowledge, with its current receive window,
-    /// while a probe is outstanding: a new payload, but the running timeout stays as it is.
-    pub(crate) fn extra_ping(&mut self, now: Instant) -> [u8; PING_PAYLOAD_LEN] {
+    /// The payload of a new ping, made the latest one at `now`. On its own (not through
+    /// `handle_timeout`) it is the extra ping the relay sends a silent peer, so that the peer's
+    /// kernel acknowledges with its current receive window; the running timeout stays as it is.
+    pub(crate) fn new_ping(&mut self, now: Instant) -> [u8; PING_PAYLOAD_LEN] {
         self.seq = (self.seq + 1) & 0xFFFF_FFFF_FFFF;
         self.last_ping = Some((self.seq, now));
         encode_payload(self.seq)
@@ -240,12 +241,11 @@ impl Heartbeat {
         while self.next_ping <= now {
             self.next_ping += self.cfg.interval;
         }
-        self.seq = (self.seq + 1) & 0xFFFF_FFFF_FFFF;
-        self.last_ping = Some((self.seq, now));
+        let payload = self.new_ping(now);
         if self.probe == Probe::Settled {
             self.probe = Probe::Queued { since: now };
         }
-        Some(Action::SendPing(encode_payload(self.seq)))
+        Some(Action::SendPing(payload))
     }
 }
 

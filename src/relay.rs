@@ -177,7 +177,7 @@ struct KernelLook {
     seen: wsbeat_tcpinfo::Delivery,
     /// The expiry of the heartbeat probe this look is for.
     expiry: Instant,
-    /// When the edge is read again for the verdict: the expiry, or later if the look itself
+    /// When the kernel is asked again for the verdict: the expiry, or later if the look itself
     /// came late (a proxy starved of CPU).
     verdict_at: Instant,
 }
@@ -770,12 +770,22 @@ where
             Some(v) if Some(v.0) == since => v.1,
             _ => d,
         };
-        self.kernel[side.index()] = Some(Box::new(KernelLook {
-            seen,
-            expiry,
-            verdict_at: expiry,
-        }));
-        let payload = self.leg_mut(side).hb.extra_ping(now);
+        self.start_look(
+            side,
+            now,
+            KernelLook {
+                seen,
+                expiry,
+                verdict_at: expiry,
+            },
+        );
+    }
+
+    /// Keeps `look` for `side`'s verdict and sends the extra ping whose acknowledgement brings
+    /// the peer's window up to date.
+    fn start_look(&mut self, side: Side, now: Instant, look: KernelLook) {
+        self.kernel[side.index()] = Some(Box::new(look));
+        let payload = self.leg_mut(side).hb.new_ping(now);
         self.send_ping(side, &payload);
     }
 
@@ -789,16 +799,15 @@ where
         let Some(d) = self.delivery(side) else {
             return KernelVerdict::Silent;
         };
-        let slot = &mut self.kernel[side.index()];
-        match slot.as_deref().copied() {
+        match self.kernel[side.index()].as_deref().copied() {
             Some(k) if k.expiry == expiry && now >= k.verdict_at => {
-                *slot = None;
+                self.kernel[side.index()] = None;
                 tracing::debug!(
                     side = side.as_str(),
                     window_then = k.seen.window,
                     window_now = d.window,
                     unsent_then = k.seen.unsent,
-                    acked = d.acked - k.seen.acked,
+                    acked = d.acked.saturating_sub(k.seen.acked),
                     "silent peer: what its kernel showed between the look and the expiry"
                 );
                 if peer_read(k.seen, d) {
@@ -812,13 +821,12 @@ where
             // dead whatever happened to us.
             _ if now >= expiry + 2 * (expiry - look_at) => KernelVerdict::Silent,
             _ => {
-                *slot = Some(Box::new(KernelLook {
+                let look = KernelLook {
                     seen: d,
                     expiry,
                     verdict_at: now + (expiry - look_at),
-                }));
-                let payload = self.leg_mut(side).hb.extra_ping(now);
-                self.send_ping(side, &payload);
+                };
+                self.start_look(side, now, look);
                 KernelVerdict::Wait
             }
         }

@@ -7,7 +7,6 @@
 use std::io;
 use std::mem::{MaybeUninit, offset_of, size_of};
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::time::Duration;
 
 /// How far the peer has taken our bytes, as this end's kernel last heard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,8 +20,6 @@ pub struct Delivery {
     pub acked: u64,
     /// Bytes written to the socket and not yet sent.
     pub unsent: u32,
-    /// The smoothed round-trip time.
-    pub rtt: Duration,
 }
 
 /// Reads [`Delivery`] for the TCP socket `fd`. `Ok(None)` when the kernel is too old to report
@@ -57,7 +54,6 @@ pub fn delivery(fd: BorrowedFd<'_>) -> io::Result<Option<Delivery>> {
         window: info.tcpi_snd_wnd,
         acked: info.tcpi_bytes_acked,
         unsent: info.tcpi_notsent_bytes,
-        rtt: Duration::from_micros(u64::from(info.tcpi_rtt)),
     }))
 }
 
@@ -73,6 +69,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsFd;
+    use std::time::Duration;
 
     /// Waits (bounded) until everything written to `tx` is acknowledged and the view is stable.
     fn settled(tx: &TcpStream) -> Delivery {
