@@ -64,7 +64,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
@@ -114,20 +114,41 @@ pub struct SessionContext {
 }
 
 /// Relays frames between `client` and `upstream` until the session ends.
-pub async fn run<C, U>(client: Peer<C>, upstream: Peer<U>, ctx: SessionContext) -> Outcome
+///
+/// The session is set up when `run` is called, and its clock starts then; the caller awaits
+/// the future at once. Not an `async fn`: one keeps its arguments for its whole life, beside
+/// the session built from them, and the future is most of an idle session's memory.
+pub fn run<C, U>(
+    client: Peer<C>,
+    upstream: Peer<U>,
+    ctx: SessionContext,
+) -> impl Future<Output = Outcome>
 where
     C: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
     U: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
 {
     let mut session = Session::new(client, upstream, ctx);
-    let outcome = std::future::poll_fn(|cx| session.poll(cx)).await;
-    session.shutdown().await;
-    outcome
+    async move {
+        let outcome = std::future::poll_fn(|cx| session.poll(cx)).await;
+        session.shutdown().await;
+        outcome
+    }
 }
 
 struct Leg<S> {
     io: Option<S>,
     st: LegState,
+}
+
+impl<S: AsyncWrite + Unpin> Leg<S> {
+    /// Shuts down its write side; ready at once when it has no connection. An error ends the
+    /// attempt as well as success does.
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.io.as_mut() {
+            Some(io) => Pin::new(io).poll_shutdown(cx).map(|_| ()),
+            None => Poll::Ready(()),
+        }
+    }
 }
 
 /// What a direction reported to the session.
@@ -899,14 +920,33 @@ where
         self.kill(side, Failure::TimedOut);
     }
 
-    /// Shuts down the write side of the legs still open, briefly, then drops them.
+    /// Shuts down the write side of the legs still open, one after the other, giving each
+    /// [`SHUTDOWN_GRACE`]; the caller then drops them. The session's own timer keeps the
+    /// grace: a `tokio::time::timeout` here would carry a second `Sleep` in every session's
+    /// future for its whole life, idle or not.
     async fn shutdown(&mut self) {
-        if let Some(io) = self.client.io.as_mut() {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, io.shutdown()).await;
+        for side in Side::ALL {
+            let open = match side {
+                Side::Client => self.client.io.is_some(),
+                Side::Upstream => self.upstream.io.is_some(),
+            };
+            if open {
+                self.timer.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
+                std::future::poll_fn(|cx| self.poll_shutdown(side, cx)).await;
+            }
         }
-        if let Some(io) = self.upstream.io.as_mut() {
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, io.shutdown()).await;
+    }
+
+    /// Ready when `side`'s write side is shut down, failed to, or its grace is over.
+    fn poll_shutdown(&mut self, side: Side, cx: &mut Context<'_>) -> Poll<()> {
+        let shut = match side {
+            Side::Client => self.client.poll_shutdown(cx),
+            Side::Upstream => self.upstream.poll_shutdown(cx),
+        };
+        if shut.is_ready() {
+            return Poll::Ready(());
         }
+        self.timer.as_mut().poll(cx)
     }
 }
 
