@@ -172,6 +172,16 @@ struct Shared<'a> {
     text: Option<&'a mut TextSession>,
 }
 
+/// What one wake-up counted, published once at its end. It lives on the stack, not in the
+/// session: it is empty between wake-ups, and would only make every idle session bigger.
+#[derive(Default)]
+struct WakeCounts {
+    /// Frames read, flushed to this thread's shard of the metrics.
+    tally: Tally,
+    /// Bytes read from each side, for `/connections`.
+    received: [u64; 2],
+}
+
 /// What the kernel's view says of a silent peer at its expiry.
 enum KernelVerdict {
     /// It read since we looked: alive.
@@ -307,10 +317,8 @@ struct Session<C, U> {
     outcome: Option<Outcome>,
     metrics: Arc<Metrics>,
     info: Arc<SessionInfo>,
-    tally: Tally,
-    /// This thread's shard of the per-frame counters, where `tally` is flushed.
+    /// This thread's shard of the per-frame counters, where each wake-up's tally is flushed.
     shard: Arc<Shard>,
-    received: [u64; 2],
     /// `None` when text heartbeats are off (the default), so boxed: idle sessions stay small.
     text: Option<Box<TextSession>>,
 }
@@ -385,8 +393,6 @@ where
             shard: metrics.shard(),
             metrics,
             info,
-            tally: Tally::default(),
-            received: [0; 2],
             text,
         }
     }
@@ -399,11 +405,12 @@ where
             leg.read_parked = false;
             leg.write_parked = false;
         }
-        self.relay_ready(cx);
+        let mut counts = WakeCounts::default();
+        self.relay_ready(cx, &mut counts);
         if self.suspects != [false; 2] {
-            self.judge_suspects(cx);
+            self.judge_suspects(cx, &mut counts);
         }
-        self.publish();
+        self.publish(&mut counts);
         if self.client.st.done() && self.upstream.st.done() {
             return Poll::Ready(self.finish());
         }
@@ -417,9 +424,9 @@ where
     /// Moves frames both ways until nothing moves, or for a bounded number of rounds. Inlined:
     /// this is every wake-up's work, and a call of its own showed in the per-message count.
     #[inline(always)]
-    fn relay_ready(&mut self, cx: &mut Context<'_>) {
+    fn relay_ready(&mut self, cx: &mut Context<'_>, counts: &mut WakeCounts) {
         let mut rounds = 0;
-        while self.poll_directions(cx) {
+        while self.poll_directions(cx, counts) {
             rounds += 1;
             if rounds == ROUNDS_PER_POLL {
                 cx.waker().wake_by_ref();
@@ -432,9 +439,9 @@ where
     /// was dropped, tells the survivor at once. Rare, so out of the wake-up's line.
     #[cold]
     #[inline(never)]
-    fn judge_suspects(&mut self, cx: &mut Context<'_>) {
+    fn judge_suspects(&mut self, cx: &mut Context<'_>, counts: &mut WakeCounts) {
         if self.confirm_suspects(cx) {
-            self.relay_ready(cx);
+            self.relay_ready(cx, counts);
         }
     }
 
@@ -470,17 +477,17 @@ where
     }
 
     /// Hands this wake-up's frame counts and received bytes to the metrics and `/connections`.
-    fn publish(&mut self) {
-        if self.tally.is_dirty() {
-            self.shard.flush(&mut self.tally);
+    fn publish(&mut self, counts: &mut WakeCounts) {
+        if counts.tally.is_dirty() {
+            self.shard.flush(&mut counts.tally);
         }
         // At most one clock reading per wake-up, shared by all that need one.
         let mut clock = None;
         let mut now = || *clock.get_or_insert_with(Instant::now);
-        if self.received != [0; 2] {
+        if counts.received != [0; 2] {
             let now = now();
             for side in Side::ALL {
-                let bytes = std::mem::take(&mut self.received[side.index()]);
+                let bytes = std::mem::take(&mut counts.received[side.index()]);
                 if bytes > 0 {
                     self.info.on_received(side, bytes, now);
                 }
@@ -503,13 +510,13 @@ where
     /// One round of both directions; true if anything moved. Inlined into
     /// [`Session::relay_ready`] for the same reason.
     #[inline(always)]
-    fn poll_directions(&mut self, cx: &mut Context<'_>) -> bool {
+    fn poll_directions(&mut self, cx: &mut Context<'_>, counts: &mut WakeCounts) -> bool {
         let mut shared = Shared {
             cfg: &self.cfg,
             metrics: &self.metrics,
             info: &self.info,
-            tally: &mut self.tally,
-            received: &mut self.received,
+            tally: &mut counts.tally,
+            received: &mut counts.received,
             outcome: &mut self.outcome,
             closing: &mut self.closing,
             text: self.text.as_deref_mut(),
