@@ -321,6 +321,14 @@ impl ClientConfig {
 }
 
 impl RelayConfig {
+    /// The heartbeat settings of `side`'s leg.
+    pub fn heartbeat(&self, side: crate::Side) -> &HeartbeatConfig {
+        match side {
+            crate::Side::Client => &self.client,
+            crate::Side::Upstream => &self.upstream,
+        }
+    }
+
     fn parse(args: &RelayArgs, text: &TextHeartbeatArgs, p: &mut Problems) -> RelayConfig {
         RelayConfig {
             client: HeartbeatConfig {

@@ -90,15 +90,18 @@ enum Probe {
     Sent { since: Instant },
 }
 
-/// Heartbeat state of one leg.
+/// Heartbeat state of one leg. Its settings are not in it: every session of a proxy has the
+/// same, so the driver keeps one copy for all and passes it to the calls that need it (always
+/// the same settings for the same heartbeat). A copy here made every leg 48 bytes bigger.
 #[derive(Debug)]
 pub(crate) struct Heartbeat {
-    cfg: HeartbeatConfig,
     /// When the next ping is due (meaningless when pings are off).
     next_ping: Instant,
     probe: Probe,
-    /// Sequence number and send time of the latest ping, to match its pong.
-    last_ping: Option<(u64, Instant)>,
+    /// When the latest ping (number `seq`) left, while its pong has not come: it gives the
+    /// round-trip time.
+    last_ping: Option<Instant>,
+    /// Sequence number of the latest ping.
     seq: u64,
     /// The peer has answered one of our pings.
     ponged: bool,
@@ -106,9 +109,8 @@ pub(crate) struct Heartbeat {
 
 impl Heartbeat {
     /// Starts the schedule at `now`: the first ping is due one interval later.
-    pub(crate) fn new(cfg: HeartbeatConfig, now: Instant) -> Self {
+    pub(crate) fn new(cfg: &HeartbeatConfig, now: Instant) -> Self {
         Heartbeat {
-            cfg,
             next_ping: now + cfg.interval,
             probe: Probe::Settled,
             last_ping: None,
@@ -131,8 +133,8 @@ impl Heartbeat {
         if starts {
             self.probe = Probe::Sent { since: now };
         }
-        if let Some((seq, _)) = self.last_ping {
-            self.last_ping = Some((seq, now));
+        if self.last_ping.is_some() {
+            self.last_ping = Some(now);
         }
         starts
     }
@@ -145,7 +147,7 @@ impl Heartbeat {
         };
         self.ponged = true;
         match self.last_ping {
-            Some((seq, sent)) if got == seq => {
+            Some(sent) if got == self.seq => {
                 self.last_ping = None;
                 PongMatch::Ours {
                     rtt: Some(now.saturating_duration_since(sent)),
@@ -162,16 +164,16 @@ impl Heartbeat {
     }
 
     /// The timeout in force: `timeout_after_pong` once the peer has ponged, if set.
-    fn timeout(&self) -> Duration {
-        match self.cfg.timeout_after_pong {
+    fn timeout(&self, cfg: &HeartbeatConfig) -> Duration {
+        match cfg.timeout_after_pong {
             Some(after) if self.ponged => after,
-            _ => self.cfg.timeout,
+            _ => cfg.timeout,
         }
     }
 
     /// When the peer expires unless it shows life first, if a probe is outstanding.
-    fn expiry(&self) -> Option<Instant> {
-        let timeout = self.timeout();
+    fn expiry(&self, cfg: &HeartbeatConfig) -> Option<Instant> {
+        let timeout = self.timeout(cfg);
         match self.probe {
             _ if timeout.is_zero() => None,
             Probe::Settled => None,
@@ -183,14 +185,14 @@ impl Heartbeat {
     /// look is for: half a timeout before the peer expires, if a probe is outstanding. See
     /// the relay's liveness notes: the half gathers evidence that a peer busy reading bytes
     /// queued ahead of our ping is alive.
-    pub(crate) fn kernel_look(&self) -> Option<(Instant, Instant)> {
-        let expiry = self.expiry()?;
-        Some((expiry - self.timeout() / 2, expiry))
+    pub(crate) fn kernel_look(&self, cfg: &HeartbeatConfig) -> Option<(Instant, Instant)> {
+        let expiry = self.expiry(cfg)?;
+        Some((expiry - self.timeout(cfg) / 2, expiry))
     }
 
     /// When the next ping is due, if pings are on.
-    pub(crate) fn next_ping(&self) -> Option<Instant> {
-        (!self.cfg.interval.is_zero()).then_some(self.next_ping)
+    pub(crate) fn next_ping(&self, cfg: &HeartbeatConfig) -> Option<Instant> {
+        (!cfg.interval.is_zero()).then_some(self.next_ping)
     }
 
     /// When the outstanding probe started (its ping was queued or written), if one is.
@@ -206,7 +208,7 @@ impl Heartbeat {
     /// kernel acknowledges with its current receive window; the running timeout stays as it is.
     pub(crate) fn new_ping(&mut self, now: Instant) -> [u8; PING_PAYLOAD_LEN] {
         self.seq = (self.seq + 1) & 0xFFFF_FFFF_FFFF;
-        self.last_ping = Some((self.seq, now));
+        self.last_ping = Some(now);
         encode_payload(self.seq)
     }
 
@@ -214,9 +216,9 @@ impl Heartbeat {
     ///
     /// Activity only ever moves deadlines later, so a driver may keep a timer armed for an
     /// earlier instant: `handle_timeout` then does nothing and the driver re-arms.
-    pub(crate) fn poll_timeout(&self) -> Instant {
-        let ping = (!self.cfg.interval.is_zero()).then_some(self.next_ping);
-        match (ping, self.expiry()) {
+    pub(crate) fn poll_timeout(&self, cfg: &HeartbeatConfig) -> Instant {
+        let ping = (!cfg.interval.is_zero()).then_some(self.next_ping);
+        match (ping, self.expiry(cfg)) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
             // With pings off, `next_ping` holds the last time the driver asked (see
@@ -226,11 +228,11 @@ impl Heartbeat {
     }
 
     /// Acts on the clock reaching `now`: expiry wins over a due ping.
-    pub(crate) fn handle_timeout(&mut self, now: Instant) -> Option<Action> {
-        if self.expiry().is_some_and(|at| now >= at) {
+    pub(crate) fn handle_timeout(&mut self, cfg: &HeartbeatConfig, now: Instant) -> Option<Action> {
+        if self.expiry(cfg).is_some_and(|at| now >= at) {
             return Some(Action::Expire);
         }
-        if self.cfg.interval.is_zero() {
+        if cfg.interval.is_zero() {
             self.next_ping = now;
             return None;
         }
@@ -239,7 +241,7 @@ impl Heartbeat {
         }
         // Skip missed ticks instead of bursting (tokio's `MissedTickBehavior::Skip`).
         while self.next_ping <= now {
-            self.next_ping += self.cfg.interval;
+            self.next_ping += cfg.interval;
         }
         let payload = self.new_ping(now);
         if self.probe == Probe::Settled {
@@ -271,6 +273,42 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
+    /// A heartbeat with its settings beside it, as the relay holds them.
+    struct Hb {
+        cfg: HeartbeatConfig,
+        st: Heartbeat,
+    }
+
+    impl Hb {
+        fn new(cfg: HeartbeatConfig, now: Instant) -> Hb {
+            Hb {
+                st: Heartbeat::new(&cfg, now),
+                cfg,
+            }
+        }
+
+        fn handle_timeout(&mut self, now: Instant) -> Option<Action> {
+            self.st.handle_timeout(&self.cfg, now)
+        }
+
+        fn poll_timeout(&self) -> Instant {
+            self.st.poll_timeout(&self.cfg)
+        }
+    }
+
+    impl std::ops::Deref for Hb {
+        type Target = Heartbeat;
+        fn deref(&self) -> &Heartbeat {
+            &self.st
+        }
+    }
+
+    impl std::ops::DerefMut for Hb {
+        fn deref_mut(&mut self) -> &mut Heartbeat {
+            &mut self.st
+        }
+    }
+
     fn cfg(interval: u64, timeout: u64) -> HeartbeatConfig {
         HeartbeatConfig {
             interval: S * interval as u32,
@@ -297,7 +335,7 @@ mod tests {
     #[test]
     fn idle_peer_is_pinged_after_one_interval() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(20, 20), t0);
+        let mut hb = Hb::new(cfg(20, 20), t0);
         assert_eq!(hb.poll_timeout(), t0 + 20 * S);
         assert_eq!(hb.handle_timeout(t0 + 19 * S), None);
         ping_payload(hb.handle_timeout(t0 + 20 * S));
@@ -307,7 +345,7 @@ mod tests {
     #[test]
     fn pong_in_time_gives_rtt_and_keeps_peer_alive() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(20, 20), t0);
+        let mut hb = Hb::new(cfg(20, 20), t0);
         let p = ping_payload(hb.handle_timeout(t0 + 20 * S));
         let rtt = Duration::from_millis(15);
         assert_eq!(
@@ -323,7 +361,7 @@ mod tests {
     #[test]
     fn silent_peer_expires_one_timeout_after_the_ping() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(20, 20), t0);
+        let mut hb = Hb::new(cfg(20, 20), t0);
         ping_payload(hb.handle_timeout(t0 + 20 * S));
         assert_eq!(hb.poll_timeout(), t0 + 40 * S);
         assert_eq!(hb.handle_timeout(t0 + 40 * S), Some(Action::Expire));
@@ -332,7 +370,7 @@ mod tests {
     #[test]
     fn later_pings_do_not_extend_the_deadline() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(1, 5), t0);
+        let mut hb = Hb::new(cfg(1, 5), t0);
         for i in 1..5 {
             ping_payload(hb.handle_timeout(t0 + S * i));
         }
@@ -344,7 +382,7 @@ mod tests {
     #[test]
     fn late_pong_still_proves_liveness_before_the_deadline_only() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(20, 20), t0);
+        let mut hb = Hb::new(cfg(20, 20), t0);
         let p = ping_payload(hb.handle_timeout(t0 + 20 * S));
         assert_eq!(hb.handle_timeout(t0 + 40 * S), Some(Action::Expire));
         // A driver that ignored the expiry and then got the pong sees the peer alive again.
@@ -358,7 +396,7 @@ mod tests {
     #[test]
     fn foreign_pong_is_ignored_but_counts_as_activity() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(20, 20), t0);
+        let mut hb = Hb::new(cfg(20, 20), t0);
         ping_payload(hb.handle_timeout(t0 + 20 * S));
         assert_eq!(hb.on_pong(b"hello", t0 + 21 * S), PongMatch::Foreign);
         assert_eq!(hb.on_pong(b"", t0 + 21 * S), PongMatch::Foreign);
@@ -368,14 +406,14 @@ mod tests {
     #[test]
     fn unsolicited_pong_without_any_ping_is_foreign() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(20, 20), t0);
+        let mut hb = Hb::new(cfg(20, 20), t0);
         assert_eq!(hb.on_pong(&encode_payload(1), t0), PongMatch::Foreign);
     }
 
     #[test]
     fn pong_to_an_older_ping_is_ours_without_an_rtt() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(1, 0), t0);
+        let mut hb = Hb::new(cfg(1, 0), t0);
         let first = ping_payload(hb.handle_timeout(t0 + S));
         let second = ping_payload(hb.handle_timeout(t0 + 2 * S));
         assert_eq!(
@@ -403,7 +441,7 @@ mod tests {
     #[test]
     fn the_pong_timeout_runs_from_when_the_ping_was_written() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(2, 2), t0);
+        let mut hb = Hb::new(cfg(2, 2), t0);
         let p = ping_payload(hb.handle_timeout(t0 + 2 * S));
         // The peer takes bytes of the frame ahead of the ping: alive.
         hb.on_activity();
@@ -430,13 +468,13 @@ mod tests {
     #[test]
     fn a_ping_that_cannot_be_written_expires_from_when_it_was_queued() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(1, 2), t0);
+        let mut hb = Hb::new(cfg(1, 2), t0);
         ping_payload(hb.handle_timeout(t0 + S));
         assert_eq!(hb.poll_timeout(), t0 + 2 * S);
         ping_payload(hb.handle_timeout(t0 + 2 * S));
         assert_eq!(hb.handle_timeout(t0 + 3 * S), Some(Action::Expire));
 
-        let mut hb = Heartbeat::new(cfg(1, 2), t0);
+        let mut hb = Hb::new(cfg(1, 2), t0);
         ping_payload(hb.handle_timeout(t0 + S));
         hb.on_ping_written(t0 + S);
         ping_payload(hb.handle_timeout(t0 + 2 * S));
@@ -447,7 +485,7 @@ mod tests {
     #[test]
     fn auto_runs_no_timeout_until_the_peer_has_ponged() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(auto(1, 2), t0);
+        let mut hb = Hb::new(auto(1, 2), t0);
         for i in 1..100 {
             ping_payload(hb.handle_timeout(t0 + S * i));
             hb.on_ping_written(t0 + S * i);
@@ -480,7 +518,7 @@ mod tests {
     #[test]
     fn activity_clears_the_pending_expiry() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(20, 20), t0);
+        let mut hb = Hb::new(cfg(20, 20), t0);
         ping_payload(hb.handle_timeout(t0 + 20 * S));
         hb.on_activity();
         assert_eq!(
@@ -492,7 +530,7 @@ mod tests {
     #[test]
     fn missed_ticks_are_skipped_not_burst() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(1, 0), t0);
+        let mut hb = Hb::new(cfg(1, 0), t0);
         ping_payload(hb.handle_timeout(t0 + 10 * S + S / 2));
         assert_eq!(hb.handle_timeout(t0 + 10 * S + S / 2), None);
         assert_eq!(hb.poll_timeout(), t0 + 11 * S);
@@ -501,7 +539,7 @@ mod tests {
     #[test]
     fn zero_timeout_never_expires() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(1, 0), t0);
+        let mut hb = Hb::new(cfg(1, 0), t0);
         for i in 1..100 {
             ping_payload(hb.handle_timeout(t0 + S * i));
         }
@@ -512,7 +550,7 @@ mod tests {
     #[test]
     fn everything_off_never_fires() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(HeartbeatConfig::OFF, t0);
+        let mut hb = Hb::new(HeartbeatConfig::OFF, t0);
         assert!(hb.poll_timeout() > t0 + 3600 * S);
         assert_eq!(hb.handle_timeout(t0 + 3600 * S), None);
     }
@@ -523,7 +561,7 @@ mod tests {
     #[test]
     fn with_pings_off_the_next_deadline_stays_ahead_of_the_clock() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(HeartbeatConfig::OFF, t0);
+        let mut hb = Hb::new(HeartbeatConfig::OFF, t0);
         for day in [1u32, 2, 30] {
             let now = t0 + S * 86_400 * day;
             assert_eq!(hb.handle_timeout(now), None);
@@ -534,7 +572,7 @@ mod tests {
     #[test]
     fn sequence_numbers_are_distinct_and_tagged() {
         let t0 = Instant::now();
-        let mut hb = Heartbeat::new(cfg(1, 0), t0);
+        let mut hb = Hb::new(cfg(1, 0), t0);
         let a = ping_payload(hb.handle_timeout(t0 + S));
         let b = ping_payload(hb.handle_timeout(t0 + 2 * S));
         assert_ne!(a, b);

@@ -71,7 +71,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use crate::Side;
 pub use crate::config::RelayConfig;
 use crate::frame::close_code;
-use crate::heartbeat::Action;
+use crate::heartbeat::{Action, Heartbeat, HeartbeatConfig};
 use crate::metrics::{Metrics, Shard, Tally};
 use crate::net::PeerDelivery;
 use crate::outcome::{CloseReason, Initiator, Outcome};
@@ -349,16 +349,16 @@ where
         let kernel_view = [client.io.delivery(), upstream.io.delivery()].map(|d| d.is_some());
         let client = Leg {
             io: Some(client.io),
-            st: LegState::new(Side::Client, cfg.client, now),
+            st: LegState::new(Side::Client, &cfg.client, now),
         };
         let upstream = Leg {
             io: Some(upstream.io),
-            st: LegState::new(Side::Upstream, cfg.upstream, now),
+            st: LegState::new(Side::Upstream, &cfg.upstream, now),
         };
         let mut timers = TimerTable::default();
         let grid = timer_grid(&cfg);
         for leg in [&client.st, &upstream.st] {
-            let at = on_grid(leg.hb.poll_timeout(), grid);
+            let at = on_grid(leg.hb.poll_timeout(cfg.heartbeat(leg.side())), grid);
             timers.set(Timer::heartbeat(leg.side()), at);
         }
         if let Some(text) = &text {
@@ -724,7 +724,7 @@ where
             // proof of life we have not looked at yet.
             leg.hb.on_activity();
         }
-        let action = leg.hb.handle_timeout(now);
+        let action = leg.hb.handle_timeout(self.cfg.heartbeat(side), now);
         match action {
             Some(Action::SendPing(payload)) => self.send_ping(side, &payload),
             Some(Action::Expire) => {
@@ -747,6 +747,21 @@ where
         self.look_at_kernel(side, now);
         self.arm_heartbeat(side, now);
         false
+    }
+
+    /// `side`'s heartbeat and its settings.
+    fn heartbeat(&self, side: Side) -> (&Heartbeat, &HeartbeatConfig) {
+        let leg = match side {
+            Side::Client => &self.client.st,
+            Side::Upstream => &self.upstream.st,
+        };
+        (&leg.hb, self.cfg.heartbeat(side))
+    }
+
+    /// When to look at the kernel's view of silent `side`, and the expiry that look is for.
+    fn kernel_look(&self, side: Side) -> Option<(Instant, Instant)> {
+        let (hb, cfg) = self.heartbeat(side);
+        hb.kernel_look(cfg)
     }
 
     fn leg_mut(&mut self, side: Side) -> &mut LegState {
@@ -778,7 +793,7 @@ where
     /// advertised, and sends an extra ping: the peer's kernel acknowledges it with the window
     /// as it is then, so at the expiry a grown window shows that the peer read in between.
     fn look_at_kernel(&mut self, side: Side, now: Instant) {
-        let Some((look_at, expiry)) = self.leg_mut(side).hb.kernel_look() else {
+        let Some((look_at, expiry)) = self.kernel_look(side) else {
             return;
         };
         let looked = self.kernel[side.index()]
@@ -821,7 +836,7 @@ where
     /// look for this expiry (the proxy was starved past the look, or no view), looks now and
     /// decides half a timeout later, so a CPU stall of ours is not taken for a dead peer.
     fn kernel_verdict(&mut self, side: Side, now: Instant) -> KernelVerdict {
-        let Some((look_at, expiry)) = self.leg_mut(side).hb.kernel_look() else {
+        let Some((look_at, expiry)) = self.kernel_look(side) else {
             return KernelVerdict::Silent;
         };
         let Some(d) = self.delivery(side) else {
@@ -865,13 +880,15 @@ where
     fn arm_heartbeat(&mut self, side: Side, now: Instant) {
         let kernel = self.kernel[side.index()].as_deref().copied();
         let view = self.kernel_view[side.index()];
-        let hb = &self.leg_mut(side).hb;
-        let mut at = hb.poll_timeout();
-        if let Some((look_at, expiry)) = hb.kernel_look() {
+        let (hb, cfg) = self.heartbeat(side);
+        let mut at = hb.poll_timeout(cfg);
+        if let Some((look_at, expiry)) = hb.kernel_look(cfg) {
             match kernel {
                 Some(k) if k.expiry == expiry => {
                     // The expiry is past or the look is done: wake for the verdict.
-                    at = hb.next_ping().map_or(k.verdict_at, |p| p.min(k.verdict_at));
+                    at = hb
+                        .next_ping(cfg)
+                        .map_or(k.verdict_at, |p| p.min(k.verdict_at));
                 }
                 _ if view && look_at > now => at = at.min(look_at),
                 _ => {}

@@ -124,7 +124,7 @@ pub(crate) struct LegState {
 }
 
 impl LegState {
-    pub(crate) fn new(side: Side, cfg: HeartbeatConfig, now: Instant) -> Self {
+    pub(crate) fn new(side: Side, cfg: &HeartbeatConfig, now: Instant) -> Self {
         LegState {
             side,
             link: Link::Up {
@@ -386,7 +386,7 @@ mod tests {
     use super::*;
 
     fn leg(side: Side) -> LegState {
-        LegState::new(side, HeartbeatConfig::OFF, Instant::now())
+        LegState::new(side, &HeartbeatConfig::OFF, Instant::now())
     }
 
     #[test]
