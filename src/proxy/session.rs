@@ -18,6 +18,10 @@ impl Proxy {
     /// Waits for both upgrades, then relays until the session ends, and records its outcome.
     /// `ctx` is held to the end, so whatever it guards (the connection-limit permit) lives as
     /// long as the session.
+    ///
+    /// This future is the session's task, for as long as the session lives: what it keeps
+    /// across the relay is what every idle session costs. The client's address and the path
+    /// are read back from `ctx` and the registration rather than kept a second time.
     pub(super) async fn session(
         self: Arc<Self>,
         client_upgrade: OnUpgrade,
@@ -26,10 +30,10 @@ impl Proxy {
         path: String,
         extensions: bool,
     ) {
-        let client = ctx.peer();
         let (client_io, upstream_io) = match take_over(client_upgrade, upstream_upgrade).await {
             Ok(pair) => pair,
             Err((side, e)) => {
+                let client = ctx.peer();
                 tracing::warn!(%client, path, side = side.as_str(), error = %e, "upgrade did not complete");
                 self.metrics
                     .close(Initiator::from(side), CloseReason::UpgradeFailed);
@@ -37,9 +41,11 @@ impl Proxy {
             }
         };
         let guard = SessionGuard::new(&self.metrics);
-        let registration = self.live.register(client, path.clone());
+        let registration = self.live.register(ctx.peer(), path);
         let (client_io, client_ahead) = Conn::from_upgraded(client_io);
         let (upstream_io, upstream_ahead) = Conn::from_upgraded(upstream_io);
+        let client = ctx.peer();
+        let path = registration.info().path.as_str();
         tracing::debug!(%client, path, "session started");
         let outcome = relay::run(
             Peer {
@@ -59,6 +65,8 @@ impl Proxy {
             },
         )
         .await;
+        let client = ctx.peer();
+        let path = registration.info().path.as_str();
         tracing::info!(
             %client,
             path,

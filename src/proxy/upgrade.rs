@@ -56,10 +56,10 @@ impl Proxy {
             .observe(started.elapsed().as_secs_f64());
         let this = Arc::clone(self);
         let ctx = Arc::clone(ctx);
-        self.tasks.spawn(async move {
-            this.session(client_upgrade, upstream_upgrade, ctx, path, extensions)
-                .await;
-        });
+        // The session's own future is the task: a wrapping `async` block would keep a second
+        // copy of its arguments for the session's whole life.
+        self.tasks
+            .spawn(this.session(client_upgrade, upstream_upgrade, ctx, path, extensions));
         Ok(reply)
     }
 
