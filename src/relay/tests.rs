@@ -469,3 +469,86 @@ async fn a_pong_waiting_in_the_socket_is_read_before_the_peer_is_declared_dead()
     assert!(!h.relay.is_finished());
     assert_eq!(h.metrics.pongs_received[0].get(), 1);
 }
+
+/// A proxy-side connection whose write side never finishes shutting down, as a TLS peer that
+/// takes no more bytes leaves our close_notify pending.
+struct StuckShutdown(DuplexStream);
+
+impl crate::net::PeerDelivery for StuckShutdown {
+    fn delivery(&self) -> Option<wsbeat_tcpinfo::Delivery> {
+        None
+    }
+}
+
+impl tokio::io::AsyncRead for StuckShutdown {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StuckShutdown {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+/// After the close handshake, each leg still open gets `SHUTDOWN_GRACE` to shut its write
+/// side down, one after the other; a leg that never finishes does not keep the session.
+#[tokio::test(start_paused = true)]
+async fn each_open_leg_gets_the_shutdown_grace_in_turn() {
+    let (client, proxy_client) = tokio::io::duplex(64 * 1024);
+    let (upstream, proxy_upstream) = tokio::io::duplex(64 * 1024);
+    let sessions = Arc::new(Sessions::default());
+    let registration = sessions.register("127.0.0.1:1".parse().unwrap(), "/".into());
+    let ctx = SessionContext {
+        cfg: Arc::new(cfg((0, 0), (0, 0))),
+        drain: crate::shutdown::channel().1,
+        metrics: Arc::new(Metrics::new().unwrap()),
+        info: Arc::clone(registration.info()),
+        extensions: false,
+    };
+    let relay = tokio::spawn(run(
+        Peer {
+            io: StuckShutdown(proxy_client),
+            read_ahead: Bytes::new(),
+        },
+        Peer {
+            io: StuckShutdown(proxy_upstream),
+            read_ahead: Bytes::new(),
+        },
+        ctx,
+    ));
+    let mut client = ws(client, Role::Client).await;
+    let mut upstream = ws(upstream, Role::Server).await;
+    client.close(None).await.unwrap();
+    assert!(matches!(next(&mut upstream).await, Message::Close(_)));
+    tokio::spawn(async move { while upstream.next().await.is_some() {} });
+    assert!(matches!(next(&mut client).await, Message::Close(_)));
+    let closed = Instant::now();
+    let outcome = tokio::time::timeout(10 * S, relay)
+        .await
+        .expect("the session ends despite both stuck shutdowns")
+        .unwrap();
+    assert_eq!(outcome.initiator, Initiator::Client);
+    let took = closed.elapsed();
+    assert!(
+        took >= 2 * SHUTDOWN_GRACE && took < 2 * SHUTDOWN_GRACE + SHUTDOWN_GRACE / 2,
+        "ended {took:?} after the close handshake"
+    );
+}
