@@ -116,8 +116,7 @@ pub struct SessionContext {
 /// Relays frames between `client` and `upstream` until the session ends.
 ///
 /// The session is set up when `run` is called, and its clock starts then; the caller awaits
-/// the future at once. Not an `async fn`: one keeps its arguments for its whole life, beside
-/// the session built from them, and the future is most of an idle session's memory.
+/// the future at once.
 pub fn run<C, U>(
     client: Peer<C>,
     upstream: Peer<U>,
@@ -127,11 +126,54 @@ where
     C: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
     U: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
 {
-    let mut session = Session::new(client, upstream, ctx);
-    async move {
-        let outcome = std::future::poll_fn(|cx| session.poll(cx)).await;
-        session.shutdown().await;
-        outcome
+    Run {
+        session: Session::new(client, upstream, ctx),
+        stage: Stage::Relaying,
+    }
+}
+
+/// The future of [`run`], written out: the session and how far its end has come. The future
+/// is most of an idle session's memory. As an `async fn`, it kept its arguments beside the
+/// session built from them, and the outcome and the shutdown's state beside the session, for
+/// the session's whole life.
+struct Run<C, U> {
+    session: Session<C, U>,
+    stage: Stage,
+}
+
+/// How far the end of a session has come.
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    /// Frames are relayed.
+    Relaying,
+    /// This leg's write side is being shut down, within its grace.
+    ShuttingDown(Side),
+    /// The legs still open are shut down, or their grace is over.
+    Finished,
+}
+
+impl<C, U> Future for Run<C, U>
+where
+    C: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
+    U: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
+{
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let Run { session, stage } = self.get_mut();
+        loop {
+            *stage = match *stage {
+                Stage::Relaying => {
+                    std::task::ready!(session.poll(cx));
+                    session.shut_down_next(&Side::ALL)
+                }
+                Stage::ShuttingDown(side) => {
+                    std::task::ready!(session.poll_shutdown(side, cx));
+                    session.shut_down_next(&Side::ALL[side.index() + 1..])
+                }
+                Stage::Finished => return Poll::Ready(session.finish()),
+            };
+        }
     }
 }
 
@@ -397,8 +439,9 @@ where
         }
     }
 
-    /// Drives everything that is ready; completes when both legs are done.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Outcome> {
+    /// Drives everything that is ready; completes when both legs are done, or the close
+    /// deadline passed.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.poll_drain(cx);
         let close_expired = self.poll_timers(cx);
         for leg in [&mut self.client.st, &mut self.upstream.st] {
@@ -412,11 +455,11 @@ where
         }
         self.publish(&mut counts);
         if self.client.st.done() && self.upstream.st.done() {
-            return Poll::Ready(self.finish());
+            return Poll::Ready(());
         }
         if close_expired || (self.closing && self.start_close_deadline(cx)) {
             tracing::debug!("close handshake did not finish in time; dropping both legs");
-            return Poll::Ready(self.finish());
+            return Poll::Ready(());
         }
         Poll::Pending
     }
@@ -944,21 +987,20 @@ where
         self.kill(side, Failure::TimedOut);
     }
 
-    /// Shuts down the write side of the legs still open, one after the other, giving each
-    /// [`SHUTDOWN_GRACE`]; the caller then drops them. The session's own timer keeps the
-    /// grace: a `tokio::time::timeout` here would carry a second `Sleep` in every session's
-    /// future for its whole life, idle or not.
-    async fn shutdown(&mut self) {
-        for side in Side::ALL {
-            let open = match side {
-                Side::Client => self.client.io.is_some(),
-                Side::Upstream => self.upstream.io.is_some(),
-            };
-            if open {
-                self.timer.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
-                std::future::poll_fn(|cx| self.poll_shutdown(side, cx)).await;
-            }
-        }
+    /// Starts shutting down the write side of the first of `sides` whose leg is still open,
+    /// giving it [`SHUTDOWN_GRACE`]; the legs are shut down one after the other, and dropped
+    /// with the session. The session's own timer keeps the grace: a `tokio::time::timeout`
+    /// would carry a second `Sleep` in every session's future for its whole life, idle or not.
+    fn shut_down_next(&mut self, sides: &[Side]) -> Stage {
+        let open = |side: &&Side| match side {
+            Side::Client => self.client.io.is_some(),
+            Side::Upstream => self.upstream.io.is_some(),
+        };
+        let Some(&side) = sides.iter().find(open) else {
+            return Stage::Finished;
+        };
+        self.timer.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
+        Stage::ShuttingDown(side)
     }
 
     /// Ready when `side`'s write side is shut down, failed to, or its grace is over.
