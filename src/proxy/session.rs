@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 
 use super::Proxy;
@@ -15,21 +17,47 @@ use crate::outcome::{CloseReason, Initiator};
 use crate::relay::{self, Peer, SessionContext};
 
 impl Proxy {
-    /// Waits for both upgrades, then relays until the session ends, and records its outcome.
-    /// `ctx` is held to the end, so whatever it guards (the connection-limit permit) lives as
-    /// long as the session.
+    /// The session's task: waits for both upgrades, then relays until the session ends, and
+    /// records its outcome. `ctx` is held to the end, so whatever it guards (the
+    /// connection-limit permit) lives as long as the session.
     ///
-    /// This future is the session's task, for as long as the session lives: what it keeps
-    /// across the relay is what every idle session costs. The client's address and the path
-    /// are read back from `ctx` and the registration rather than kept a second time.
-    pub(super) async fn session(
+    /// What the task keeps across the relay is what every idle session costs, so it is built
+    /// in two steps, joined without an `async` block (which would keep a second copy of each
+    /// future it awaits). Waiting for the upgrades is boxed, and what only it needs (both
+    /// upgrades, the path before it is registered) goes with that box once the connections
+    /// are taken over; what then runs in the task is the relay and what the last log line
+    /// needs.
+    pub(super) fn session(
         self: Arc<Self>,
         client_upgrade: OnUpgrade,
         upstream_upgrade: OnUpgrade,
         ctx: Arc<ConnContext>,
         path: String,
         extensions: bool,
-    ) {
+    ) -> impl Future<Output = ()> {
+        let upgrade = Box::pin(self.upgrade_then_relay(
+            client_upgrade,
+            upstream_upgrade,
+            ctx,
+            path,
+            extensions,
+        ));
+        upgrade
+            .map(OptionFuture::from)
+            .flatten()
+            .map(|_: Option<()>| ())
+    }
+
+    /// Waits for both upgrades; then the relay's future, or `None` when an upgrade failed
+    /// (recorded here).
+    async fn upgrade_then_relay(
+        self: Arc<Self>,
+        client_upgrade: OnUpgrade,
+        upstream_upgrade: OnUpgrade,
+        ctx: Arc<ConnContext>,
+        path: String,
+        extensions: bool,
+    ) -> Option<impl Future<Output = ()>> {
         let (client_io, upstream_io) = match take_over(client_upgrade, upstream_upgrade).await {
             Ok(pair) => pair,
             Err((side, e)) => {
@@ -37,9 +65,23 @@ impl Proxy {
                 tracing::warn!(%client, path, side = side.as_str(), error = %e, "upgrade did not complete");
                 self.metrics
                     .close(Initiator::from(side), CloseReason::UpgradeFailed);
-                return;
+                return None;
             }
         };
+        Some(self.relay(client_io, upstream_io, ctx, path, extensions))
+    }
+
+    /// Registers the session and starts its relay; the future relays until the session ends
+    /// and records its outcome. The client's address and the path are read back from `ctx`
+    /// and the registration rather than kept a second time.
+    fn relay(
+        &self,
+        client_io: Upgraded,
+        upstream_io: Upgraded,
+        ctx: Arc<ConnContext>,
+        path: String,
+        extensions: bool,
+    ) -> impl Future<Output = ()> + use<> {
         let guard = SessionGuard::new(&self.metrics);
         let registration = self.live.register(ctx.peer(), path);
         let (client_io, client_ahead) = Conn::from_upgraded(client_io);
@@ -47,7 +89,7 @@ impl Proxy {
         let client = ctx.peer();
         let path = registration.info().path.as_str();
         tracing::debug!(%client, path, "session started");
-        let outcome = relay::run(
+        relay::run(
             Peer {
                 io: client_io,
                 read_ahead: client_ahead,
@@ -64,20 +106,21 @@ impl Proxy {
                 extensions,
             },
         )
-        .await;
-        let client = ctx.peer();
-        let path = registration.info().path.as_str();
-        tracing::info!(
-            %client,
-            path,
-            duration_ms = guard.age().as_millis() as u64,
-            initiator = outcome.initiator.as_str(),
-            reason = outcome.reason.as_str(),
-            code = outcome.code,
-            detail = outcome.detail,
-            "session ended"
-        );
-        guard.finish(outcome.initiator, outcome.reason);
+        .map(move |outcome| {
+            let client = ctx.peer();
+            let path = registration.info().path.as_str();
+            tracing::info!(
+                %client,
+                path,
+                duration_ms = guard.age().as_millis() as u64,
+                initiator = outcome.initiator.as_str(),
+                reason = outcome.reason.as_str(),
+                code = outcome.code,
+                detail = outcome.detail,
+                "session ended"
+            );
+            guard.finish(outcome.initiator, outcome.reason);
+        })
     }
 }
 
