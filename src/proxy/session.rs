@@ -146,6 +146,39 @@ mod tests {
     use crate::metrics::tests::scrape;
     use crate::proxy::{Admission, Scheme};
 
+    /// Budget of the session's task future, in bytes. Every session, idle or not, holds one
+    /// tokio task: this future plus 96 bytes of tokio's own (112 with the task tracker's),
+    /// rounded up to a multiple of 128. At 1,200 bytes today the task takes 1,408; within this
+    /// budget it still does. A change that crosses it costs every idle session 128 bytes or
+    /// more: shrink something else first, or raise this budget knowingly (docs/PERFORMANCE.md
+    /// has the idle figures).
+    const TASK_FUTURE_BUDGET: usize = 1_296;
+
+    /// The session's task stays within its budget, with plain TCP on both legs.
+    #[tokio::test]
+    async fn the_session_task_fits_its_memory_budget() {
+        let cli = Cli::try_parse_from(["wsbeat", "--upstream", "ws://127.0.0.1:9"]).unwrap();
+        let proxy = Arc::new(Proxy::new(
+            Config::try_from(cli).unwrap(),
+            Arc::new(Metrics::new().unwrap()),
+            Arc::default(),
+            crate::shutdown::channel().1,
+        ));
+        let ctx = ConnContext::new(
+            "127.0.0.1:1".parse().unwrap(),
+            Scheme::Http,
+            Admission::Unlimited,
+        );
+        let client = hyper::upgrade::on(Request::new(()));
+        let upstream = hyper::upgrade::on(Request::new(()));
+        let task = proxy.session(client, upstream, Arc::new(ctx), "/".into(), false);
+        let size = std::mem::size_of_val(&task);
+        assert!(
+            size <= TASK_FUTURE_BUDGET,
+            "the session's task future is {size} bytes, over its budget of {TASK_FUTURE_BUDGET}"
+        );
+    }
+
     /// After the 101, a leg whose connection hyper cannot hand over (here: none to hand over)
     /// ends the session before it starts. It is counted once, as a close with its own reason,
     /// and no session is left active.
