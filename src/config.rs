@@ -206,6 +206,9 @@ pub struct RelayConfig {
     pub max_frame_size: u64,
     /// Whether client frames get a fresh masking key toward the upstream or keep the client's.
     pub upstream_masking: UpstreamMasking,
+    /// Payload from which a frame relayed unchanged between two plain TCP legs is moved with
+    /// `splice(2)` instead of through user space; 0 turns splicing off.
+    pub splice_min_payload: u64,
     /// Application heartbeats in text messages (all off by default), shared by every session.
     pub text: Arc<TextHeartbeatConfig>,
 }
@@ -340,6 +343,7 @@ impl RelayConfig {
             close_timeout: p.duration("--close-timeout", &args.close_timeout),
             max_frame_size: p.size("--max-frame-size", &args.max_frame_size),
             upstream_masking: args.upstream_masking,
+            splice_min_payload: p.size("--splice-min-payload", &args.splice_min_payload),
             text: Arc::new(text::parse(text, p)),
         }
     }
@@ -567,7 +571,7 @@ impl Config {
              client_ping_interval={} client_pong_timeout={} \
              upstream_ping_interval={} upstream_pong_timeout={} upstream_tcp_user_timeout={} \
              connect_timeout={} handshake_timeout={} close_timeout={} max_frame_size={} \
-             upstream_masking={} \
+             upstream_masking={} splice_min_payload={} \
              drain_delay={} shutdown_grace={} \
              worker_threads={} log_format={} log_level={:?} demo={demo} \
              listen_backlog={} admin_header_timeout={} admin_max_connections={} \
@@ -585,6 +589,7 @@ impl Config {
             format_duration(self.relay.close_timeout),
             format_bytes(self.relay.max_frame_size),
             self.relay.upstream_masking.as_str(),
+            format_bytes(self.relay.splice_min_payload),
             format_duration(self.shutdown.drain_delay),
             format_duration(self.shutdown.grace),
             self.process.worker_threads,

@@ -111,6 +111,8 @@ pub struct Metrics {
     pub ping_rtt: [Histogram; 2],
     /// Sides declared dead after their pong timeout.
     pub peer_timeouts: [IntCounter; 2],
+    /// Frames from each side whose payload went on with `splice(2)`.
+    pub spliced_frames: [IntCounter; 2],
     /// `text_heartbeats_total`: the side × kind combinations that can happen, in
     /// [`TEXT_HEARTBEAT_SERIES`] order.
     text_heartbeats: [IntCounter; 4],
@@ -176,6 +178,10 @@ impl Metrics {
         let peer_timeouts = side(
             "peer_timeouts_total",
             "Sides declared dead because they stayed silent past their pong timeout.",
+        )?;
+        let spliced_frames = side(
+            "spliced_frames_total",
+            "Data frames from this side whose payload was moved with splice(2), not copied.",
         )?;
         let text = counter_vec(
             r,
@@ -259,6 +265,7 @@ impl Metrics {
             pongs_received,
             ping_rtt,
             peer_timeouts,
+            spliced_frames,
             text_heartbeats,
             closes,
             frame_counters,

@@ -354,6 +354,35 @@ impl PeerDelivery for tokio::io::DuplexStream {
     }
 }
 
+/// The plain TCP socket under a leg, whose bytes may be moved with `splice(2)` (see
+/// `relay::splice`). `None` where the bytes on the socket are not the stream's own (TLS) or
+/// there is no socket of ours.
+pub trait SpliceSocket {
+    /// The socket, or `None`.
+    fn splice_socket(&self) -> Option<&TcpStream>;
+}
+
+impl SpliceSocket for TcpStream {
+    fn splice_socket(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl SpliceSocket for Conn {
+    fn splice_socket(&self) -> Option<&TcpStream> {
+        match self {
+            Conn::Tcp(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl SpliceSocket for tokio::io::DuplexStream {
+    fn splice_socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
 /// The I/O of the variants other than plain TCP, out of line: the relay calls `Conn`'s methods
 /// on every read and write, and with TLS in the same `match` the compiler stopped inlining
 /// them, which cost the plain TCP path a call and a four-way branch on every one

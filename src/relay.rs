@@ -55,6 +55,7 @@ mod direction;
 mod leg;
 mod pool;
 mod pump;
+mod splice;
 mod timers;
 
 use std::future::Future;
@@ -73,7 +74,7 @@ pub use crate::config::RelayConfig;
 use crate::frame::close_code;
 use crate::heartbeat::{Action, Heartbeat, HeartbeatConfig};
 use crate::metrics::{Metrics, Shard, Tally};
-use crate::net::PeerDelivery;
+use crate::net::{PeerDelivery, SpliceSocket};
 use crate::outcome::{CloseReason, Initiator, Outcome};
 use crate::sessions::SessionInfo;
 use crate::shutdown::DrainWatcher;
@@ -123,8 +124,8 @@ pub fn run<C, U>(
     ctx: SessionContext,
 ) -> impl Future<Output = Outcome>
 where
-    C: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
-    U: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
+    C: AsyncRead + AsyncWrite + PeerDelivery + SpliceSocket + Unpin,
+    U: AsyncRead + AsyncWrite + PeerDelivery + SpliceSocket + Unpin,
 {
     Run {
         session: Session::new(client, upstream, ctx),
@@ -367,8 +368,8 @@ struct Session<C, U> {
 
 impl<C, U> Session<C, U>
 where
-    C: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
-    U: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
+    C: AsyncRead + AsyncWrite + PeerDelivery + SpliceSocket + Unpin,
+    U: AsyncRead + AsyncWrite + PeerDelivery + SpliceSocket + Unpin,
 {
     fn new(client: Peer<C>, upstream: Peer<U>, ctx: SessionContext) -> Self {
         let SessionContext {

@@ -412,6 +412,7 @@ async fn fresh_proxy_exports_every_combination_at_zero_with_build_info_and_ready
         ("wsbeat_pongs_received_total", 2),
         ("wsbeat_ping_rtt_seconds_count", 2),
         ("wsbeat_peer_timeouts_total", 2),
+        ("wsbeat_spliced_frames_total", 2),
         ("wsbeat_closes_total", 3 * 9),
         ("wsbeat_frames_total", 2 * 7),
         ("wsbeat_bytes_total", 2),

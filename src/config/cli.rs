@@ -271,6 +271,15 @@ pub struct RelayArgs {
         default_value_t = UpstreamMasking::Fresh
     )]
     pub upstream_masking: UpstreamMasking,
+
+    /// Frames whose payload is at least this large and passes unchanged between two plain TCP legs (upstream frames; client frames with --upstream-masking forward) are moved with splice(2), without copying through user space (0 = never).
+    #[arg(
+        long,
+        env = "WSBEAT_SPLICE_MIN_PAYLOAD",
+        value_name = "BYTES",
+        default_value = "16KiB"
+    )]
+    pub splice_min_payload: String,
 }
 
 /// The drain after SIGTERM, SIGINT or POST /drain: not ready but accepting for the delay, then

@@ -402,7 +402,7 @@ fn log_summary_shows_effective_values() {
 /// that has shown it can pong is found.
 #[test]
 fn flag_names_variables_and_defaults_are_stable() {
-    let expected: [(&str, Option<&str>); 44] = [
+    let expected: [(&str, Option<&str>); 45] = [
         ("listen", Some(DEFAULT_LISTEN)),
         ("admin-listen", Some(DEFAULT_ADMIN_LISTEN)),
         ("upstream", None),
@@ -418,6 +418,7 @@ fn flag_names_variables_and_defaults_are_stable() {
         ("close-timeout", Some("5s")),
         ("max-frame-size", Some("16MiB")),
         ("upstream-masking", Some("fresh")),
+        ("splice-min-payload", Some("16KiB")),
         ("drain-delay", Some("5s")),
         ("shutdown-grace", Some("25s")),
         ("worker-threads", Some("0")),
@@ -511,7 +512,7 @@ fn relay_settings_are_one_group() {
     let config = config(&format!(
         "{UPSTREAM} --client-ping-interval 10ms --client-pong-timeout 15ms \
          --upstream-ping-interval 1m --upstream-pong-timeout 0 --close-timeout 2s \
-         --max-frame-size 64KiB --upstream-masking forward"
+         --max-frame-size 64KiB --upstream-masking forward --splice-min-payload 1MiB"
     ))
     .unwrap();
     let want = RelayConfig {
@@ -528,6 +529,7 @@ fn relay_settings_are_one_group() {
         close_timeout: ms(2000),
         max_frame_size: 64 * 1024,
         upstream_masking: UpstreamMasking::Forward,
+        splice_min_payload: 1 << 20,
         text: Default::default(),
     };
     assert_eq!(*config.relay, want);

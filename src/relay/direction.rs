@@ -15,7 +15,8 @@ use super::{CTRL_QUEUE_LIMIT, Event, Leg, Outcome, Shared};
 use crate::Side;
 use crate::frame;
 use crate::heartbeat::PongMatch;
-use crate::net::PeerDelivery;
+use crate::net::{PeerDelivery, SpliceSocket};
+use super::splice::Pipe;
 use crate::outcome::CloseReason;
 use crate::text_heartbeat::TextKind;
 
@@ -29,25 +30,73 @@ pub(super) fn direction<A, B>(
     cx: &mut Context<'_>,
 ) -> Result<bool, Event>
 where
-    A: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
-    B: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
+    A: AsyncRead + AsyncWrite + PeerDelivery + SpliceSocket + Unpin,
+    B: AsyncRead + AsyncWrite + PeerDelivery + SpliceSocket + Unpin,
 {
     let progress = poll_write_out(dst, pump, cx)?;
-    match poll_read_in(src, pump, cx)? {
-        Read::Nothing => return Ok(progress),
+    let read = poll_read_in(src, pump, cx)?;
+    if !received(src, read, shared) {
+        return Ok(progress);
+    }
+    parse_input(&mut src.st, pump, shared)?;
+    if pump.wants_splice(shared.cfg.splice_min_payload) {
+        start_splice(src, dst, pump, shared, cx)?;
+    }
+    // Pass what was just read on at once, before the other direction is looked at: a message
+    // crosses the proxy within one call.
+    if pump.has_output() {
+        poll_write_out(dst, pump, cx)?;
+    }
+    Ok(true)
+}
+
+/// Books what a read brought; false when it brought nothing.
+fn received<A>(src: &mut Leg<A>, read: Read, shared: &mut Shared<'_>) -> bool {
+    match read {
+        Read::Nothing => return false,
         Read::Bytes(n) => {
             src.st.hb.on_activity();
             shared.received[src.st.side().index()] += n as u64;
         }
         Read::HandshakeLeftover | Read::Ended => {}
     }
-    parse_input(&mut src.st, pump, shared)?;
-    // Pass what was just read on at once, before the other direction is looked at: a message
-    // crosses the proxy within one call.
-    if !pump.output().is_empty() {
-        poll_write_out(dst, pump, cx)?;
+    true
+}
+
+/// Moves the rest of the current frame with `splice(2)` when both legs are plain TCP: the
+/// buffered output goes into a pipe, and the payload that follows is spliced in behind it at
+/// once, so that the destination gets them in one write.
+#[cold]
+fn start_splice<A, B>(
+    src: &mut Leg<A>,
+    dst: &mut Leg<B>,
+    pump: &mut Pump,
+    shared: &mut Shared<'_>,
+    cx: &mut Context<'_>,
+) -> Result<(), Event>
+where
+    A: AsyncRead + SpliceSocket + Unpin,
+    B: SpliceSocket,
+{
+    let src_tcp = src.io.as_ref().and_then(SpliceSocket::splice_socket);
+    let dst_tcp = dst.io.as_ref().and_then(SpliceSocket::splice_socket);
+    if src_tcp.is_none() || dst_tcp.is_none() {
+        return Ok(());
     }
-    Ok(true)
+    let Some(pipe) = Pipe::take() else {
+        return Ok(());
+    };
+    if let Err(e) = pump.start_splice(pipe) {
+        tracing::debug!(error = %e, "pipe refused the frame's start; relaying through the buffer");
+        return Ok(());
+    }
+    shared.metrics.spliced_frames[src.st.side().index()].inc();
+    let read = poll_read_in(src, pump, cx)?;
+    if received(src, read, shared) {
+        // The payload spliced in needs no parsing, but its end may finish the frame.
+        parse_input(&mut src.st, pump, shared)?;
+    }
+    Ok(())
 }
 
 /// What one read from a source brought.
@@ -66,7 +115,7 @@ enum Read {
 /// boundaries. Returns whether anything was written.
 fn poll_write_out<B>(dst: &mut Leg<B>, pump: &mut Pump, cx: &mut Context<'_>) -> Result<bool, Event>
 where
-    B: AsyncWrite + PeerDelivery + Unpin,
+    B: AsyncWrite + PeerDelivery + SpliceSocket + Unpin,
 {
     let Some(io) = dst.io.as_mut() else {
         pump.drop_output();
@@ -77,7 +126,7 @@ where
     }
     let mut progress = false;
     loop {
-        if pump.is_truncated() && pump.output().is_empty() {
+        if pump.is_truncated() && !pump.has_output() {
             // The source died mid-frame: no close frame can follow. Cut the connection.
             tracing::debug!(
                 side = dst.st.side().as_str(),
@@ -91,7 +140,19 @@ where
         if dst.st.text_waiting() && pump.between_messages() {
             dst.st.release_text();
         }
-        match write_once(io, &mut dst.st, pump, cx) {
+        let written = match pump.pipe_mut() {
+            // The pipe's bytes come first; nothing of ours goes inside the frame they belong to.
+            Some(pipe) => {
+                let drained = drain_pipe(pipe, &*io, cx);
+                if let Poll::Ready(Ok(true)) = drained {
+                    dst.st.on_data_written();
+                    pump.spliced_out();
+                }
+                drained
+            }
+            None => write_once(io, &mut dst.st, pump, cx),
+        };
+        match written {
             Poll::Ready(Ok(true)) => {
                 dst.st.on_write_progress();
                 progress = true;
@@ -112,6 +173,19 @@ where
         poll_flush(io, &mut dst.st, cx)?;
     }
     Ok(progress)
+}
+
+/// Splices what the pipe holds into `io`'s socket. `Ok(true)`: some went.
+fn drain_pipe<B>(pipe: &mut Pipe, io: &B, cx: &mut Context<'_>) -> Poll<io::Result<bool>>
+where
+    B: SpliceSocket,
+{
+    let Some(tcp) = io.splice_socket() else {
+        // A pipe is only set up between two TCP legs, and a leg's stream never changes.
+        return Poll::Ready(Err(io::ErrorKind::Unsupported.into()));
+    };
+    ready!(pipe.poll_drain(tcp, cx))?;
+    Poll::Ready(Ok(true))
 }
 
 /// Flushes what was written to `io`. A flush that cannot finish now (TLS holding encrypted
@@ -199,10 +273,13 @@ fn queue_close_when_drained(leg: &mut LegState, pump: &Pump) {
 /// Reads from `src` into the pump.
 fn poll_read_in<A>(src: &mut Leg<A>, pump: &mut Pump, cx: &mut Context<'_>) -> Result<Read, Event>
 where
-    A: AsyncRead + Unpin,
+    A: AsyncRead + SpliceSocket + Unpin,
 {
     if !src.st.reads() || src.st.read_parked || src.st.queued_bytes() >= CTRL_QUEUE_LIMIT {
         return Ok(Read::Nothing);
+    }
+    if pump.is_splicing() {
+        return splice_in(src, pump, cx);
     }
     if pump.fill_from_prefix() {
         return Ok(Read::HandshakeLeftover);
@@ -228,6 +305,36 @@ where
         }
         Poll::Ready(Err(e)) => {
             tracing::debug!(side = src.st.side().as_str(), error = %e, "read failed");
+            read_ended(&mut src.st, pump)
+        }
+    }
+}
+
+/// Splices the current frame's payload from `src` into the pump's pipe, while the pipe has
+/// room; the bytes count as read.
+fn splice_in<A>(src: &mut Leg<A>, pump: &mut Pump, cx: &mut Context<'_>) -> Result<Read, Event>
+where
+    A: SpliceSocket,
+{
+    let Some(tcp) = src.io.as_ref().and_then(SpliceSocket::splice_socket) else {
+        return Ok(Read::Nothing);
+    };
+    let Some((pipe, len)) = pump.splice_room() else {
+        return Ok(Read::Nothing);
+    };
+    match pipe.poll_fill(tcp, len, cx) {
+        Poll::Pending => {
+            src.st.read_parked = true;
+            Ok(Read::Nothing)
+        }
+        Poll::Ready(Ok(0)) => read_ended(&mut src.st, pump),
+        Poll::Ready(Ok(n)) => {
+            pump.spliced_in(n)
+                .map_err(|v| Event::Violation(src.st.side(), v))?;
+            Ok(Read::Bytes(n))
+        }
+        Poll::Ready(Err(e)) => {
+            tracing::debug!(side = src.st.side().as_str(), error = %e, "splice from the socket failed");
             read_ended(&mut src.st, pump)
         }
     }

@@ -8,10 +8,16 @@
 //! payload the pump itself reads (control frames) is unmasked on a copy. Pings and pongs are cut
 //! out of the stream (the output region slides over them), so they are never forwarded.
 //! A frame larger than the buffer streams through in pieces: memory stays at one buffer.
+//!
+//! The payload of a large frame that is relayed unchanged may instead be spliced (see
+//! [`super::splice`]): then a pipe holds output too. Its bytes are older than any output in the
+//! buffer, and the source is spliced into it only while the buffer holds no output, so the
+//! destination gets the stream in order: first the pipe, then the buffer.
 
 use bytes::Bytes;
 
 use super::pool;
+use super::splice::Pipe;
 use crate::config::UpstreamMasking;
 use crate::frame::{self, Header, MAX_CONTROL_PAYLOAD};
 use crate::message::{self, MessageError, Messages};
@@ -19,6 +25,11 @@ use crate::text_heartbeat::{MAX_TEXT_LEN, TextMatcher};
 
 /// Largest payload of a frame the fast path takes: one with a 7-bit length.
 const SMALL_FRAME_PAYLOAD: usize = 125;
+
+/// The first read after a spliced frame: enough for the next frame's header (at most 14 bytes)
+/// and a little payload, so that a large frame after it is spliced nearly whole. A small frame
+/// costs one more read.
+const PEEK_LEN: usize = 16;
 
 /// First byte of a final, unfragmented text frame with no RSV bits: a whole text message.
 const WHOLE_TEXT: u8 = 0x80 | frame::OP_TEXT;
@@ -161,8 +172,14 @@ pub(crate) struct Pump {
     /// record of whether the destination's stream is inside a message (RFC 6455 5.4), which
     /// both the sequence check and the insertion of messages of our own go by.
     messages: Messages,
-    /// Output bytes written so far: the stream offset of `wpos`.
+    /// Output bytes that left the buffer so far (written, or moved into the pipe): the stream
+    /// offset of `wpos`.
     written: u64,
+    /// The pipe the current frame's payload is spliced through, with output not yet written;
+    /// `None` unless a large frame is being spliced.
+    pipe: Option<Box<Pipe>>,
+    /// The next read is a short one ([`PEEK_LEN`]): the last frame was spliced.
+    peek: bool,
     /// Stream offsets where the latest relayed frame starts and ends. Frames are contiguous in
     /// the output, so both are boundaries; no older boundary needs remembering (see
     /// [`Pump::out_until_boundary`]).
@@ -210,6 +227,8 @@ impl Pump {
             // An extension (permessage-deflate) may compress text: only plain text is checked.
             messages: Messages::new(strict),
             written: 0,
+            pipe: None,
+            peek: false,
             last_start: 0,
             last_end: 0,
             close_forwarded: false,
@@ -265,18 +284,29 @@ impl Pump {
     /// of the latest frame when older ones are still queued (writing them first costs nothing,
     /// they are buffered already), else to its end.
     pub(crate) fn out_until_boundary(&self) -> u64 {
-        if self.written < self.last_start {
-            self.last_start - self.written
-        } else if self.written == self.last_start || self.written >= self.last_end {
+        let written = self.written - self.piped() as u64;
+        if written < self.last_start {
+            self.last_start - written
+        } else if written == self.last_start || written >= self.last_end {
             0
         } else {
-            self.last_end - self.written
+            self.last_end - written
         }
     }
 
     /// True when everything relayed so far is written and the output sits at a frame boundary.
     pub(crate) fn is_drained(&self) -> bool {
-        self.wpos == self.ppos && self.out_until_boundary() == 0
+        self.wpos == self.ppos && self.piped() == 0 && self.out_until_boundary() == 0
+    }
+
+    /// Output bytes in the pipe, written before those in the buffer.
+    fn piped(&self) -> usize {
+        self.pipe.as_ref().map_or(0, |p| p.held())
+    }
+
+    /// Output is waiting for the destination, in the pipe or in the buffer.
+    pub(crate) fn has_output(&self) -> bool {
+        self.wpos != self.ppos || self.piped() > 0
     }
 
     /// True when a data message of our own may be written to the destination now: everything
@@ -305,6 +335,10 @@ impl Pump {
 
     /// The destination is gone: drop pending output and relay nothing more.
     pub(crate) fn drop_output(&mut self) {
+        if let Some(pipe) = self.pipe.take() {
+            // Whatever it holds can go nowhere: it is closed with it.
+            Pipe::give(pipe);
+        }
         self.wpos = self.ppos;
         self.last_start = self.written;
         self.last_end = self.written;
@@ -343,7 +377,12 @@ impl Pump {
             self.wpos = 0;
         }
         self.stalled = false;
-        Some(&mut buf[self.end..])
+        let stop = if std::mem::take(&mut self.peek) {
+            (self.end + PEEK_LEN).min(buf.len())
+        } else {
+            buf.len()
+        };
+        Some(&mut buf[self.end..stop])
     }
 
     /// Moves read-ahead bytes from the handshake into the buffer; true if there were any.
@@ -387,6 +426,91 @@ impl Pump {
         self.wpos += n;
         self.written += n as u64;
         self.release_if_empty();
+    }
+
+    /// Whether the rest of the current frame should be spliced: at least `min` payload bytes
+    /// (`min` 0: never) of a frame relayed byte for byte (no new key, no text to check), with all
+    /// buffered input parsed.
+    pub(crate) fn wants_splice(&self, min: u64) -> bool {
+        self.in_left >= min
+            && min > 0
+            && self.pipe.is_none()
+            && self.in_forward
+            && !self.in_text
+            && self.in_mask == [0; 4]
+            && self.ppos == self.end
+    }
+
+    /// Starts splicing the current frame through `pipe`. The output in the buffer (the frame's
+    /// header, the payload read with it, anything before it) moves into the pipe first, so that
+    /// the destination gets it all in one piece; if the pipe is too small for that, it is
+    /// written from the buffer as usual before anything is spliced.
+    ///
+    /// # Errors
+    /// Writing into the pipe failed; the pump is unchanged and the pipe dropped.
+    pub(crate) fn start_splice(&mut self, mut pipe: Box<Pipe>) -> std::io::Result<()> {
+        let out = self.output();
+        if !out.is_empty() && pipe.fits(out.len()) {
+            let n = pipe.push(out)?;
+            self.consumed(n);
+        }
+        self.pipe = Some(pipe);
+        Ok(())
+    }
+
+    /// A frame is being spliced (or its last bytes wait in the pipe): the source is read only
+    /// through [`Pump::splice_room`].
+    pub(crate) fn is_splicing(&self) -> bool {
+        self.pipe.is_some()
+    }
+
+    /// The pipe and how many bytes to splice into it, when the source may be spliced now: the
+    /// frame has payload left, no output waits in the buffer (it goes before), and the pipe
+    /// surely has room. Otherwise the destination holds the source up, as a full buffer does.
+    pub(crate) fn splice_room(&mut self) -> Option<(&mut Pipe, usize)> {
+        let pipe = self.pipe.as_deref_mut()?;
+        if self.in_left == 0 || self.wpos != self.ppos || !pipe.has_room() {
+            self.stalled = true;
+            return None;
+        }
+        self.stalled = false;
+        Some((pipe, usize::try_from(self.in_left).unwrap_or(usize::MAX)))
+    }
+
+    /// Records `n` payload bytes spliced from the source into the pipe.
+    ///
+    /// # Errors
+    /// The frame ended a message that its sequence does not allow to end there.
+    pub(crate) fn spliced_in(&mut self, n: usize) -> Result<(), Violation> {
+        self.written += n as u64;
+        self.in_off += n;
+        self.in_left -= n as u64;
+        if self.in_left == 0 {
+            if self.in_data {
+                self.messages.on_frame_end()?;
+            }
+            if self.mode == Mode::Draining {
+                self.mode = Mode::Discard;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes went from the pipe to the destination. Once the frame is all through, the pipe
+    /// goes back to the pool, and the next read is a short one: the next frame may be as large.
+    pub(crate) fn spliced_out(&mut self) {
+        if self.in_left == 0
+            && let Some(pipe) = self.pipe.take_if(|p| p.held() == 0)
+        {
+            Pipe::give(pipe);
+            self.stalled = false;
+            self.peek = true;
+        }
+    }
+
+    /// The pipe, to write from.
+    pub(crate) fn pipe_mut(&mut self) -> Option<&mut Pipe> {
+        self.pipe.as_deref_mut().filter(|p| p.held() > 0)
     }
 
     /// Parses and rewrites input until a control frame needs the session's attention or input
@@ -805,6 +929,9 @@ impl Drop for Pump {
     fn drop(&mut self) {
         if let Some(buf) = self.buf.take() {
             pool::give(buf);
+        }
+        if let Some(pipe) = self.pipe.take() {
+            Pipe::give(pipe);
         }
     }
 }

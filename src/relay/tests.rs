@@ -44,6 +44,12 @@ impl crate::net::PeerDelivery for Gated {
     }
 }
 
+impl crate::net::SpliceSocket for Gated {
+    fn splice_socket(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
+}
+
 impl tokio::io::AsyncRead for Gated {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -90,6 +96,7 @@ fn cfg(client: (u64, u64), upstream: (u64, u64)) -> RelayConfig {
         close_timeout: 5 * S,
         max_frame_size: 1 << 20,
         upstream_masking: crate::config::UpstreamMasking::Fresh,
+            splice_min_payload: 0,
         text: Default::default(),
     }
 }

@@ -134,6 +134,7 @@ mod tests {
             close_timeout: 5 * S,
             max_frame_size: 1 << 20,
             upstream_masking: crate::config::UpstreamMasking::Fresh,
+            splice_min_payload: 0,
             text: Default::default(),
         }
     }

@@ -1,0 +1,192 @@
+//! Moving a large payload between two TCP sockets through a pipe, so that its bytes never
+//! cross into user space (`splice(2)`).
+//!
+//! A pump splices only the payload of a data frame it relays unchanged (an upstream frame, or
+//! a client frame under `--upstream-masking forward`), between two plain TCP legs, and only its
+//! part beyond `--splice-min-payload`. The header and whatever payload had been read with it
+//! go into the same pipe first ([`Pipe::push`]), so the destination receives the frame in one
+//! piece and in order. Pipes come from a small per-thread pool for the length of one frame.
+//!
+//! Readiness is tokio's: a splice runs inside [`TcpStream::try_io`], which clears the socket's
+//! readiness when the kernel says "would block". A splice into a full pipe says the same
+//! although the socket has data, so the pump splices in only while the pipe is sure to have a
+//! free slot ([`Pipe::has_room`]); otherwise the socket could wait for a wake-up that never
+//! comes.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::task::{Context, Poll, ready};
+
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::pool::BUF_SIZE;
+
+/// Capacity asked of each pipe: a 1 MiB frame moves in one splice each way. Linux lets an
+/// unprivileged process raise a pipe to 1 MiB (`fs.pipe-max-size`).
+const PIPE_SIZE: usize = 1 << 20;
+/// Pipes kept per thread once their frame is done.
+const POOL_CAP: usize = 8;
+/// Bytes one pipe slot holds when user space writes into it.
+const PAGE: usize = 4096;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<Pipe>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A non-blocking pipe and what it holds.
+pub(crate) struct Pipe {
+    rx: OwnedFd,
+    tx: OwnedFd,
+    /// Its capacity in slots (pages).
+    slots: usize,
+    /// Bytes in it, not yet spliced out.
+    held: usize,
+    /// Slots the bytes in it may use, counted high: a splice from a socket may take one slot
+    /// per packet fragment, so after one the pipe counts as full until it is empty.
+    used: usize,
+}
+
+impl Pipe {
+    /// A pipe from this thread's pool, or a new one; `None` when none can be made (the
+    /// descriptor limit), and the frame then goes the buffered way.
+    pub(crate) fn take() -> Option<Box<Pipe>> {
+        if let Some(pipe) = POOL.with(|p| p.borrow_mut().pop()) {
+            return Some(pipe);
+        }
+        match Pipe::new() {
+            Ok(pipe) => Some(Box::new(pipe)),
+            Err(e) => {
+                tracing::debug!(error = %e, "no pipe for splice; relaying through the buffer");
+                None
+            }
+        }
+    }
+
+    fn new() -> io::Result<Pipe> {
+        let (rx, tx) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        // Past `fs.pipe-user-pages-soft` the kernel refuses to grow pipes: the default size
+        // still works, in more rounds.
+        let bytes = rustix::pipe::fcntl_setpipe_size(&rx, PIPE_SIZE)
+            .or_else(|_| rustix::pipe::fcntl_getpipe_size(&rx))?;
+        Ok(Pipe {
+            rx,
+            tx,
+            slots: bytes / PAGE,
+            held: 0,
+            used: 0,
+        })
+    }
+
+    /// Gives an empty pipe back to the pool; one that still holds bytes is closed with them.
+    pub(crate) fn give(pipe: Box<Pipe>) {
+        if pipe.held == 0 {
+            POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOL_CAP {
+                    p.push(pipe);
+                }
+            });
+        }
+    }
+
+    /// Bytes in the pipe.
+    pub(crate) fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Whether a splice into the pipe surely finds a free slot.
+    pub(crate) fn has_room(&self) -> bool {
+        self.used < self.slots
+    }
+
+    /// Whether `n` bytes from user space fit in the free slots, with one to spare for the
+    /// splice that follows.
+    pub(crate) fn fits(&self, n: usize) -> bool {
+        self.used + n.div_ceil(PAGE) + 1 < self.slots
+    }
+
+    /// Copies `bytes` (at most a relay buffer) into the pipe; returns how many it took. A
+    /// pipe with [`Pipe::fits`] takes them all.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        debug_assert!(bytes.len() <= BUF_SIZE);
+        let n = rustix::io::write(&self.tx, bytes)?;
+        self.held += n;
+        // A write may start a new page, and fill the last one it finds partly used.
+        self.used += n.div_ceil(PAGE) + 1;
+        Ok(n)
+    }
+
+    /// Splices up to `len` bytes from `src` into the pipe. `Ready(Ok(0))`: the peer ended its
+    /// stream.
+    pub(crate) fn poll_fill(
+        &mut self,
+        src: &TcpStream,
+        len: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        debug_assert!(self.has_room() && len > 0);
+        loop {
+            ready!(src.poll_read_ready(cx))?;
+            let spliced = src.try_io(Interest::READABLE, || {
+                Ok(rustix::pipe::splice(
+                    src,
+                    None,
+                    &self.tx,
+                    None,
+                    len,
+                    SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+                )?)
+            });
+            match spliced {
+                Ok(n) => {
+                    self.held += n;
+                    if n > 0 {
+                        self.used = self.slots;
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                // Readiness was cleared: the next round registers for the next wake-up.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Splices what the pipe holds into `dst`, as far as its socket takes it; returns how many
+    /// bytes went.
+    pub(crate) fn poll_drain(
+        &mut self,
+        dst: &TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        debug_assert!(self.held > 0);
+        loop {
+            ready!(dst.poll_write_ready(cx))?;
+            let spliced = dst.try_io(Interest::WRITABLE, || {
+                Ok(rustix::pipe::splice(
+                    &self.rx,
+                    None,
+                    dst,
+                    None,
+                    self.held,
+                    SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
+                )?)
+            });
+            match spliced {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    self.held -= n;
+                    if self.held == 0 {
+                        self.used = 0;
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
