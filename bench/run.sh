@@ -13,7 +13,8 @@
 #   RUNS [3]            runs per figure (median reported)
 #   DURATION [5s]       measurement window of each throughput/latency run; WARMUP [1s] before it
 #   TARGETS ["direct nginx haproxy wsbeat"]     IDLE_TARGETS ["nginx haproxy wsbeat"]
-#                       (also: wsbeat-forward, wsbeat with --upstream-masking forward)
+#                       (also: wsbeat-forward, wsbeat with --upstream-masking forward; and
+#                       wsbeat-nosplice, wsbeat with --splice-min-payload 0)
 #   TLS_TARGETS ["nginx haproxy wsbeat"]    (the proxies of the tls-* workloads)
 #   WORKLOADS ["small large latency stream idle floor tls-small tls-large tls-handshake tls-idle"]
 #   IDLE_SESSIONS [9000]  IDLE_HOLD [10s]  IDLE_SETTLE [2s]  PING_INTERVAL [1s]
@@ -127,7 +128,7 @@ fi
 available() {
     case $1 in
         direct) true ;;
-        wsbeat | wsbeat-forward) [ -x "$WSBEAT_BIN" ] ;;
+        wsbeat | wsbeat-forward | wsbeat-nosplice) [ -x "$WSBEAT_BIN" ] ;;
         nginx | haproxy) command -v "$1" >/dev/null ;;
         *) false ;;
     esac
@@ -267,12 +268,13 @@ start_target() {
             PROXY_URL="ws://127.0.0.1:$ECHO_PORT/"
             return 0
             ;;
-        wsbeat | wsbeat-forward)
+        wsbeat | wsbeat-forward | wsbeat-nosplice)
             read -r port admin < <("$BENCH" ports --count 2 | paste -sd' ')
-            # The plain target runs with the defaults; only wsbeat-forward names the masking
-            # (so binaries from before the flag can be measured too).
+            # The plain target runs with the defaults; only the variants name their flag (so
+            # binaries from before the flags can be measured too).
             local masking=()
             [ "$1" = wsbeat-forward ] && masking=(--upstream-masking forward)
+            [ "$1" = wsbeat-nosplice ] && masking=(--splice-min-payload 0)
             "$WSBEAT_BIN" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
                 --upstream "ws://127.0.0.1:$ECHO_PORT" "${masking[@]}" \
                 --client-ping-interval "$PING_INTERVAL" --upstream-ping-interval "$PING_INTERVAL" \

@@ -200,6 +200,8 @@ fn relay_config(case: &Case) -> RelayConfig {
         max_frame_size: MAX_FRAME,
         // No text heartbeats: every text message is relayed.
         text: Default::default(),
+        // In-memory pipes have no socket to splice (tests/splice.rs covers that path).
+        splice_min_payload: 0,
         upstream_masking: if case.forward_masking {
             UpstreamMasking::Forward
         } else {

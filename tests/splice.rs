@@ -262,10 +262,18 @@ async fn an_upstream_that_dies_mid_payload_leaves_the_client_what_it_sent_then_c
         up.flush().await.expect("flush");
         let mut down = client.ws.io;
         let got = read_exactly(&mut down, sent.len()).await;
-        assert!(got == sent, "splice {splice}: the client got different bytes");
+        assert!(
+            got == sent,
+            "splice {splice}: the client got different bytes"
+        );
         drop(up);
         let mut rest = Vec::new();
-        let end = within(STEP, "the client's connection to end", down.read_to_end(&mut rest)).await;
+        let end = within(
+            STEP,
+            "the client's connection to end",
+            down.read_to_end(&mut rest),
+        )
+        .await;
         assert!(
             rest.is_empty(),
             "splice {splice}: {} bytes after the cut ({end:?})",

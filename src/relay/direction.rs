@@ -11,12 +11,12 @@ use tokio::time::Instant;
 
 use super::leg::LegState;
 use super::pump::{Control, Parsed, Pump};
+use super::splice::Pipe;
 use super::{CTRL_QUEUE_LIMIT, Event, Leg, Outcome, Shared};
 use crate::Side;
 use crate::frame;
 use crate::heartbeat::PongMatch;
 use crate::net::{PeerDelivery, SpliceSocket};
-use super::splice::Pipe;
 use crate::outcome::CloseReason;
 use crate::text_heartbeat::TextKind;
 

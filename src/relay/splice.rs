@@ -24,15 +24,17 @@ use tokio::net::TcpStream;
 
 use super::pool::BUF_SIZE;
 
-/// Capacity asked of each pipe: a 1 MiB frame moves in one splice each way. Linux lets an
-/// unprivileged process raise a pipe to 1 MiB (`fs.pipe-max-size`).
-const PIPE_SIZE: usize = 1 << 20;
+/// Capacity asked of each pipe. Larger pipes moved a 1 MiB frame in fewer rounds but did not
+/// relay faster (docs/PERFORMANCE.md), and a user's pipes share `fs.pipe-user-pages-soft`
+/// (64 MiB by default), past which the kernel refuses to grow them.
+const PIPE_SIZE: usize = 256 << 10;
 /// Pipes kept per thread once their frame is done.
 const POOL_CAP: usize = 8;
 /// Bytes one pipe slot holds when user space writes into it.
 const PAGE: usize = 4096;
 
 thread_local! {
+    #[expect(clippy::vec_box, reason = "a pump holds its pipe boxed; the pool keeps the boxes")]
     static POOL: RefCell<Vec<Box<Pipe>>> = const { RefCell::new(Vec::new()) };
 }
 

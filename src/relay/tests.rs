@@ -96,7 +96,7 @@ fn cfg(client: (u64, u64), upstream: (u64, u64)) -> RelayConfig {
         close_timeout: 5 * S,
         max_frame_size: 1 << 20,
         upstream_masking: crate::config::UpstreamMasking::Fresh,
-            splice_min_payload: 0,
+        splice_min_payload: 0,
         text: Default::default(),
     }
 }
