@@ -377,7 +377,7 @@ impl Pump {
             self.wpos = 0;
         }
         self.stalled = false;
-        let stop = if std::mem::take(&mut self.peek) {
+        let stop = if self.peek {
             (self.end + PEEK_LEN).min(buf.len())
         } else {
             buf.len()
@@ -407,6 +407,7 @@ impl Pump {
     /// Records `n` bytes read into the space returned by [`Pump::read_space`].
     pub(crate) fn filled(&mut self, n: usize) {
         self.end += n;
+        self.peek = false;
     }
 
     /// Gives the buffer back to the pool when it holds nothing.
