@@ -155,8 +155,8 @@ enum Stage {
 
 impl<C, U> Future for Run<C, U>
 where
-    C: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
-    U: AsyncRead + AsyncWrite + PeerDelivery + Unpin,
+    C: AsyncRead + AsyncWrite + PeerDelivery + SpliceSocket + Unpin,
+    U: AsyncRead + AsyncWrite + PeerDelivery + SpliceSocket + Unpin,
 {
     type Output = Outcome;
 

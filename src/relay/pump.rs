@@ -429,12 +429,13 @@ impl Pump {
         self.release_if_empty();
     }
 
-    /// Whether the rest of the current frame should be spliced: at least `min` payload bytes
-    /// (`min` 0: never) of a frame relayed byte for byte (no new key, no text to check), with all
-    /// buffered input parsed.
+    /// Whether the rest of the current frame should be spliced: a payload of at least `min`
+    /// bytes (`min` 0: never), of which at least half is still to come, in a frame relayed
+    /// byte for byte (no new key, no text to check), with all buffered input parsed.
     pub(crate) fn wants_splice(&self, min: u64) -> bool {
-        self.in_left >= min
+        self.in_left >= min / 2
             && min > 0
+            && self.in_left + self.in_off as u64 >= min
             && self.pipe.is_none()
             && self.in_forward
             && !self.in_text

@@ -487,6 +487,12 @@ impl crate::net::PeerDelivery for StuckShutdown {
     }
 }
 
+impl crate::net::SpliceSocket for StuckShutdown {
+    fn splice_socket(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
+}
+
 impl tokio::io::AsyncRead for StuckShutdown {
     fn poll_read(
         mut self: Pin<&mut Self>,
