@@ -1,6 +1,6 @@
 //! TLS on both legs, end to end over real sockets with certificates made here by rcgen: a wss
 //! client through wsbeat to a wss upstream (echo, 1 MiB, fragments, close codes, heartbeats),
-//! mixed legs, certificate rotation by a Kubernetes-style symlink swap, upstream verification
+//! mixed legs (a large frame is then copied, never spliced), certificate rotation by a Kubernetes-style symlink swap, upstream verification
 //! (unknown CA, server name, mutual TLS), and clients that fail the handshake without harming
 //! anyone else.
 
@@ -171,6 +171,18 @@ async fn a_wss_client_reaches_a_plain_ws_upstream() {
     let req = upstream.request(STEP).await;
     assert_eq!(req.header("x-forwarded-proto").as_deref(), Some("https"));
     assert_echo(&mut ws, "tls in, plain out").await;
+    // A 1 MiB frame from the plain upstream is copied, not spliced: the client's bytes are
+    // encrypted in user space.
+    let big = Message::binary(pattern(1 << 20));
+    within(STEP, "send 1 MiB", ws.send(big.clone()))
+        .await
+        .expect("send");
+    assert!(next_message(&mut ws, STEP).await == big, "1 MiB differs");
+    metric("wsbeat_spliced_frames_total")
+        .label("side", "upstream")
+        .value(0)
+        .assert_in(proxy.admin_addr)
+        .await;
 }
 
 #[tokio::test]

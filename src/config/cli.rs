@@ -277,7 +277,7 @@ pub struct RelayArgs {
         long,
         env = "WSBEAT_SPLICE_MIN_PAYLOAD",
         value_name = "BYTES",
-        default_value = "32KiB"
+        default_value = "64KiB"
     )]
     pub splice_min_payload: String,
 }

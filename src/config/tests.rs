@@ -418,7 +418,7 @@ fn flag_names_variables_and_defaults_are_stable() {
         ("close-timeout", Some("5s")),
         ("max-frame-size", Some("16MiB")),
         ("upstream-masking", Some("fresh")),
-        ("splice-min-payload", Some("32KiB")),
+        ("splice-min-payload", Some("64KiB")),
         ("drain-delay", Some("5s")),
         ("shutdown-grace", Some("25s")),
         ("worker-threads", Some("0")),

@@ -2,10 +2,12 @@
 //! cross into user space (`splice(2)`).
 //!
 //! A pump splices only the payload of a data frame it relays unchanged (an upstream frame, or
-//! a client frame under `--upstream-masking forward`), between two plain TCP legs, and only its
-//! part beyond `--splice-min-payload`. The header and whatever payload had been read with it
-//! go into the same pipe first ([`Pipe::push`]), so the destination receives the frame in one
-//! piece and in order. Pipes come from a small per-thread pool for the length of one frame.
+//! a client frame under `--upstream-masking forward`), between two plain TCP legs, when the
+//! payload is at least `--splice-min-payload`. The header and whatever payload had been read
+//! with it go into the same pipe first ([`Pipe::push`]), so the destination receives the frame
+//! in one piece and in order; after a spliced frame the pump reads the next header with a short
+//! read, so that a run of large frames keeps their payloads out of user space. Pipes come from
+//! a small per-thread pool for the length of one frame.
 //!
 //! Readiness is tokio's: a splice runs inside [`TcpStream::try_io`], which clears the socket's
 //! readiness when the kernel says "would block". A splice into a full pipe says the same
