@@ -171,7 +171,8 @@ impl std::str::FromStr for Cidr {
 
 /// Descriptors kept out of `--max-connections`'s default: listeners, the admin listener's
 /// connections, the connections being refused with 503, the process collector's reads of /proc,
-/// the resolver, logs, with room to spare.
+/// the resolver, logs, the pipes of spliced frames (at most 64, so 128 descriptors), with room
+/// to spare.
 pub const RESERVED_FDS: u64 = 256;
 
 /// Descriptors one session holds: its client and its upstream socket.

@@ -18,6 +18,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -32,6 +33,13 @@ use super::pool::BUF_SIZE;
 const PIPE_SIZE: usize = 256 << 10;
 /// Pipes kept per thread once their frame is done.
 const POOL_CAP: usize = 8;
+/// Pipes that may exist at once, pooled or in use: their descriptors come out of
+/// [`crate::net::RESERVED_FDS`], so that sessions at `--max-connections` all splicing never
+/// run wsbeat out of descriptors. Frames beyond it are copied.
+pub(crate) const MAX_PIPES: usize = 64;
+
+/// Pipes that exist now.
+static PIPES: AtomicUsize = AtomicUsize::new(0);
 /// Bytes one pipe slot holds when user space writes into it.
 const PAGE: usize = 4096;
 
@@ -54,21 +62,27 @@ pub(crate) struct Pipe {
 }
 
 impl Pipe {
-    /// A pipe from this thread's pool, or a new one; `None` when none can be made (the
-    /// descriptor limit), and the frame then goes the buffered way.
+    /// A pipe from this thread's pool, or a new one; `None` when [`MAX_PIPES`] exist or none
+    /// can be made, and the frame then goes the buffered way.
     pub(crate) fn take() -> Option<Box<Pipe>> {
         if let Some(pipe) = POOL.with(|p| p.borrow_mut().pop()) {
             return Some(pipe);
         }
+        if PIPES.fetch_add(1, Ordering::Relaxed) >= MAX_PIPES {
+            PIPES.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         match Pipe::new() {
             Ok(pipe) => Some(Box::new(pipe)),
             Err(e) => {
+                PIPES.fetch_sub(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "no pipe for splice; relaying through the buffer");
                 None
             }
         }
     }
 
+    /// Makes a pipe, already counted in [`PIPES`].
     fn new() -> io::Result<Pipe> {
         let (rx, tx) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
         // Past `fs.pipe-user-pages-soft` the kernel refuses to grow pipes: the default size
@@ -192,5 +206,28 @@ impl Pipe {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No more than [`MAX_PIPES`] exist, and their descriptors take at most half the reserve
+    /// kept out of `--max-connections`.
+    #[test]
+    fn pipes_are_capped_within_the_descriptor_reserve() {
+        assert!(2 * MAX_PIPES as u64 <= crate::net::RESERVED_FDS / 2);
+        let pipes: Vec<_> = std::iter::from_fn(Pipe::take).take(MAX_PIPES + 1).collect();
+        assert_eq!(pipes.len(), MAX_PIPES, "the cap held");
+        assert!(pipes.iter().all(|p| p.slots >= BUF_SIZE / PAGE + 2));
+        drop(pipes);
+        assert!(Pipe::take().is_some(), "closed pipes are no longer counted");
     }
 }
