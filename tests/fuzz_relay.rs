@@ -10,6 +10,10 @@
 //!   frame, cut off where the source ended or broke a rule; nothing follows a close;
 //! - the pongs the source gets back carry the payloads of its pings, in order.
 //!
+//! The same cases also run over loopback TCP with small socket buffers and splicing from 64
+//! bytes, so that payloads go through `splice(2)` (see `relay::splice`) between arbitrary
+//! reads, pings and violations, and must come out the same.
+//!
 //! A short run is part of `cargo test`. `WSBEAT_FUZZ_SECONDS=600 cargo test --test fuzz_relay
 //! -- --nocapture` runs it for ten minutes and prints the number of executions.
 
@@ -21,10 +25,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use wsbeat::config::UpstreamMasking;
 use wsbeat::heartbeat::HeartbeatConfig;
 use wsbeat::metrics::Metrics;
+use wsbeat::net::{PeerDelivery, SpliceSocket};
 use wsbeat::relay::{self, Peer, RelayConfig, SessionContext};
 use wsbeat::sessions::Sessions;
 use wsbeat::shutdown::{self, DrainTrigger};
@@ -211,12 +217,61 @@ fn relay_config(case: &Case) -> RelayConfig {
 }
 
 async fn run_case(world: &World, case: &Case, input: Vec<u8>) -> Received {
-    let (client, proxy_client) = tokio::io::duplex(PIPE);
-    let (upstream, proxy_upstream) = tokio::io::duplex(PIPE);
+    let client = tokio::io::duplex(PIPE);
+    let upstream = tokio::io::duplex(PIPE);
+    run_session(world, relay_config(case), case, input, client, upstream).await
+}
+
+/// A connected loopback pair with small buffers on the test peer's end (so that wsbeat meets
+/// backpressure): (test peer, wsbeat's end).
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(PIPE as u32).expect("SO_RCVBUF");
+    socket.set_send_buffer_size(PIPE as u32).expect("SO_SNDBUF");
+    let (peer, accepted) = tokio::join!(socket.connect(addr), listener.accept());
+    (peer.expect("connect"), accepted.expect("accept").0)
+}
+
+/// The case over loopback TCP, splicing every frame of 64 bytes and more, with real time:
+/// pings every 10 ms and a 50 ms close timeout keep each case short.
+async fn run_case_tcp(world: &World, case: &Case, input: Vec<u8>) -> Received {
+    let hb = HeartbeatConfig {
+        interval: Duration::from_millis(10),
+        timeout: Duration::ZERO,
+        timeout_after_pong: None,
+    };
+    let cfg = RelayConfig {
+        client: hb,
+        upstream: hb,
+        close_timeout: Duration::from_millis(50),
+        splice_min_payload: 64,
+        ..relay_config(case)
+    };
+    let client = tcp_pair().await;
+    let upstream = tcp_pair().await;
+    run_session(world, cfg, case, input, client, upstream).await
+}
+
+/// Runs one session between two pairs of streams, (test peer, wsbeat's end) each, writes the
+/// case's bytes from its source in the case's chunks, and collects what both peers received.
+async fn run_session<P, Q>(
+    world: &World,
+    cfg: RelayConfig,
+    case: &Case,
+    input: Vec<u8>,
+    (client, proxy_client): (P, Q),
+    (upstream, proxy_upstream): (P, Q),
+) -> Received
+where
+    P: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Q: AsyncRead + AsyncWrite + PeerDelivery + SpliceSocket + Unpin + Send + 'static,
+{
     let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
     let registration = world.sessions.register(addr, "/".into());
     let ctx = SessionContext {
-        cfg: std::sync::Arc::new(relay_config(case)),
+        cfg: std::sync::Arc::new(cfg),
         drain: world.drain.watcher(),
         metrics: Arc::clone(&world.metrics),
         info: Arc::clone(registration.info()),
@@ -352,4 +407,30 @@ fn relayed_frames_are_a_byte_identical_prefix_of_the_source() {
         let got = rt.block_on(run_case(&world, &case, input.clone()));
         check(&case, &input, &got)
     });
+}
+
+#[test]
+fn over_tcp_with_splicing_relayed_frames_are_a_byte_identical_prefix_of_the_source() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let world = World {
+        metrics: Arc::new(Metrics::new().expect("metrics")),
+        sessions: Arc::new(Sessions::default()),
+        drain: shutdown::channel().0,
+    };
+    fuzz("relay over tcp", 100, case(), |case| {
+        let input = input_bytes(&case);
+        let got = rt.block_on(run_case_tcp(&world, &case, input.clone()));
+        check(&case, &input, &got)
+    });
+    let spliced: u64 = wsbeat::Side::ALL
+        .iter()
+        .map(|side| world.metrics.spliced_frames[side.index()].get())
+        .sum();
+    assert!(
+        spliced > 0,
+        "no frame was spliced: the target missed the path"
+    );
 }
