@@ -80,7 +80,9 @@ where
 {
     let src_tcp = src.io.as_ref().and_then(SpliceSocket::splice_socket);
     let dst_tcp = dst.io.as_ref().and_then(SpliceSocket::splice_socket);
-    if src_tcp.is_none() || dst_tcp.is_none() {
+    // A text message of ours still being written must go before anything relayed after it
+    // (it was queued between messages); the pipe would be written first.
+    if src_tcp.is_none() || dst_tcp.is_none() || dst.st.ctrl_holds_data() {
         return Ok(());
     }
     let Some(pipe) = Pipe::take() else {
