@@ -191,6 +191,16 @@ struct World {
     drain: DrainTrigger,
 }
 
+impl World {
+    fn new() -> World {
+        World {
+            metrics: Arc::new(Metrics::new().expect("metrics")),
+            sessions: Arc::new(Sessions::default()),
+            drain: shutdown::channel().0,
+        }
+    }
+}
+
 fn relay_config(case: &Case) -> RelayConfig {
     // Pings every second on both legs (the paused clock makes them land between arbitrary
     // writes); no pong timeout, since the test peers never answer.
@@ -397,11 +407,7 @@ fn relayed_frames_are_a_byte_identical_prefix_of_the_source() {
         .start_paused(true)
         .build()
         .expect("runtime");
-    let world = World {
-        metrics: Arc::new(Metrics::new().expect("metrics")),
-        sessions: Arc::new(Sessions::default()),
-        drain: shutdown::channel().0,
-    };
+    let world = World::new();
     fuzz("relay", 200, case(), |case| {
         let input = input_bytes(&case);
         let got = rt.block_on(run_case(&world, &case, input.clone()));
@@ -415,11 +421,7 @@ fn over_tcp_with_splicing_relayed_frames_are_a_byte_identical_prefix_of_the_sour
         .enable_all()
         .build()
         .expect("runtime");
-    let world = World {
-        metrics: Arc::new(Metrics::new().expect("metrics")),
-        sessions: Arc::new(Sessions::default()),
-        drain: shutdown::channel().0,
-    };
+    let world = World::new();
     fuzz("relay over tcp", 100, case(), |case| {
         let input = input_bytes(&case);
         let got = rt.block_on(run_case_tcp(&world, &case, input.clone()));
