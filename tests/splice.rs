@@ -318,3 +318,91 @@ async fn a_client_that_goes_away_mid_payload_is_reported_to_the_upstream() {
     })
     .await;
 }
+
+/// REVIEW: with `--splice-min-payload 1`, a ping read on its own after a relayed frame of
+/// the general path leaves `wants_splice` true (stale `in_forward`/`in_off`, `in_left` 0,
+/// nothing in the buffer): an empty pipe is set up that nothing ever releases, and the
+/// direction never reads again.
+#[tokio::test]
+async fn review_min_payload_one_does_not_stall_after_a_lone_ping() {
+    let (_proxy, client, upstream) =
+        raw_session(&[&NO_PINGS[..], &["--splice-min-payload", "1"]].concat()).await;
+    let (mut up_read, mut up_write) = tokio::io::split(upstream.ws.io);
+    let mut down = client.ws.io;
+    write_frame(&mut up_write, &RawFrame::binary(pattern(200)))
+        .await
+        .expect("write");
+    let f = within(STEP, "the first frame", read_frame(&mut down))
+        .await
+        .expect("read")
+        .expect("open");
+    assert_eq!(f.payload.len(), 200);
+    write_frame(&mut up_write, &RawFrame::ping(b"p".to_vec()))
+        .await
+        .expect("ping");
+    let pong = within(STEP, "the pong", read_frame(&mut up_read))
+        .await
+        .expect("read")
+        .expect("open");
+    assert_eq!(pong.opcode, OP_PONG, "{pong:?}");
+    write_frame(&mut up_write, &RawFrame::binary(b"after".to_vec()))
+        .await
+        .expect("write");
+    let f = within(STEP, "the frame after the ping", read_frame(&mut down))
+        .await
+        .expect("read")
+        .expect("open");
+    assert_eq!(f.payload, b"after");
+}
+
+/// REVIEW: bytes the handshake read ahead beyond one relay buffer (a large request head, so
+/// that hyper's last read was large, then a large frame sent at once) must reach the
+/// upstream before anything spliced from the socket.
+#[tokio::test]
+async fn review_read_ahead_larger_than_the_buffer_stays_in_order() {
+    let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
+    let proxy = spawn_proxy_to(
+        upstream.addr,
+        &[
+            &NO_PINGS[..],
+            &[
+                "--upstream-masking",
+                "forward",
+                "--max-request-header-size",
+                "1MiB",
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    // hyper's reads grow while it looks for the head's end: its last read holds ~300 KiB past
+    // it, of which the pump takes one buffer (64 KiB) at a time.
+    let pad = "a".repeat(200_000);
+    let host = proxy.addr.to_string();
+    let key = new_ws_key();
+    let mut bytes = format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Pad\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nX-Pad: {pad}\r\n\r\n"
+    )
+    .into_bytes();
+    let frame = RawFrame::binary(pattern(1 << 20))
+        .with_mask([9, 8, 7, 6])
+        .encode();
+    bytes.extend_from_slice(&frame);
+    let mut client = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let writer = tokio::spawn(async move {
+        client.write_all(&bytes).await.expect("write");
+        client
+    });
+    let conn = upstream.accept(STEP).await;
+    let mut up = conn.ws.io;
+    let got = read_exactly(&mut up, frame.len()).await;
+    let first_diff = got.iter().zip(&frame).position(|(a, b)| a != b);
+    assert!(
+        got == frame,
+        "the upstream got different bytes from {first_diff:?}"
+    );
+    drop(within(STEP, "the client writer", writer).await);
+}

@@ -433,7 +433,8 @@ impl Pump {
     /// bytes (`min` 0: never), of which at least half is still to come, in a frame relayed
     /// byte for byte (no new key, no text to check), with all buffered input parsed.
     pub(crate) fn wants_splice(&self, min: u64) -> bool {
-        self.in_left >= min / 2
+        self.in_left > 0
+            && self.in_left >= min / 2
             && min > 0
             && self.in_left + self.in_off as u64 >= min
             && self.pipe.is_none()
@@ -441,6 +442,7 @@ impl Pump {
             && !self.in_text
             && self.in_mask == [0; 4]
             && self.ppos == self.end
+            && self.prefix.is_empty()
     }
 
     /// Starts splicing the current frame through `pipe`. The output in the buffer (the frame's
