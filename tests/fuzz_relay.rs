@@ -11,7 +11,7 @@
 //! - the pongs the source gets back carry the payloads of its pings, in order.
 //!
 //! The same cases also run over loopback TCP with small socket buffers and the splice
-//! threshold at its lowest, so that payloads go through `splice(2)` (see `relay::splice`)
+//! threshold at 1 to 64 bytes, so that payloads go through `splice(2)` (see `relay::splice`)
 //! between arbitrary reads, pings and violations, and must come out the same.
 //!
 //! A short run is part of `cargo test`. `WSBEAT_FUZZ_SECONDS=600 cargo test --test fuzz_relay
@@ -270,8 +270,8 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
     (peer.expect("connect"), accepted.expect("accept").0)
 }
 
-/// The case over loopback TCP, splicing every frame with a byte still to come after a read
-/// (the threshold at its lowest), with real time:
+/// The case over loopback TCP, splicing nearly every frame with a byte still to come after a
+/// read (thresholds of 1 to 64 bytes), with real time:
 /// pings every 10 ms and a 50 ms close timeout keep each case short.
 async fn run_case_tcp(world: &World, case: &Case, input: Vec<u8>) -> Received {
     let hb = HeartbeatConfig {
@@ -283,7 +283,8 @@ async fn run_case_tcp(world: &World, case: &Case, input: Vec<u8>) -> Received {
         client: hb,
         upstream: hb,
         close_timeout: Duration::from_millis(50),
-        splice_min_payload: 2,
+        // From 1 byte (the lowest) to 64, varied with the case.
+        splice_min_payload: 1 + case.chunk as u64 % 64,
         ..relay_config(case)
     };
     let client = tcp_pair().await;

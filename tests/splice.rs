@@ -1,7 +1,8 @@
 //! Large payloads moved with splice(2) (`--splice-min-payload`, plain TCP on both legs): the
 //! bytes arrive exactly as sent whatever the frame sizes, counters stay exact, a ping due
-//! meanwhile waits for the frame's end, a slow reader holds the sender back, and a leg that
-//! dies mid-payload ends the session as it does without splicing.
+//! meanwhile waits for the frame's end, a slow reader holds the sender back, a leg that dies
+//! mid-payload ends the session as it does without splicing, and neither the lowest threshold
+//! nor a large handshake read-ahead upsets the order of the stream.
 
 mod common;
 
@@ -319,12 +320,11 @@ async fn a_client_that_goes_away_mid_payload_is_reported_to_the_upstream() {
     .await;
 }
 
-/// REVIEW: with `--splice-min-payload 1`, a ping read on its own after a relayed frame of
-/// the general path leaves `wants_splice` true (stale `in_forward`/`in_off`, `in_left` 0,
-/// nothing in the buffer): an empty pipe is set up that nothing ever releases, and the
-/// direction never reads again.
+/// With the lowest threshold, a ping read on its own after a frame relayed the general way
+/// leaves no payload to splice: the direction goes on reading (it once set up an empty pipe
+/// that nothing released, and never read again).
 #[tokio::test]
-async fn review_min_payload_one_does_not_stall_after_a_lone_ping() {
+async fn the_lowest_threshold_does_not_stall_after_a_lone_ping() {
     let (_proxy, client, upstream) =
         raw_session(&[&NO_PINGS[..], &["--splice-min-payload", "1"]].concat()).await;
     let (mut up_read, mut up_write) = tokio::io::split(upstream.ws.io);
@@ -355,11 +355,11 @@ async fn review_min_payload_one_does_not_stall_after_a_lone_ping() {
     assert_eq!(f.payload, b"after");
 }
 
-/// REVIEW: bytes the handshake read ahead beyond one relay buffer (a large request head, so
-/// that hyper's last read was large, then a large frame sent at once) must reach the
-/// upstream before anything spliced from the socket.
+/// Bytes the handshake read ahead beyond one relay buffer (a large request head, so that
+/// hyper's last read was large, then a large frame sent at once) reach the upstream before
+/// anything spliced from the socket.
 #[tokio::test]
-async fn review_read_ahead_larger_than_the_buffer_stays_in_order() {
+async fn read_ahead_larger_than_the_buffer_stays_in_order() {
     let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
     let proxy = spawn_proxy_to(
         upstream.addr,

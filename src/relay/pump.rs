@@ -430,8 +430,10 @@ impl Pump {
     }
 
     /// Whether the rest of the current frame should be spliced: a payload of at least `min`
-    /// bytes (`min` 0: never), of which at least half is still to come, in a frame relayed
-    /// byte for byte (no new key, no text to check), with all buffered input parsed.
+    /// bytes (`min` 0: never), of which at least half (and at least one byte) is still to
+    /// come, in a frame relayed byte for byte (no new key, no text to check), with all
+    /// buffered input parsed and the handshake's read-ahead used up (the socket's bytes come
+    /// after it).
     pub(crate) fn wants_splice(&self, min: u64) -> bool {
         self.in_left > 0
             && self.in_left >= min / 2

@@ -226,7 +226,6 @@ mod tests {
         assert!(2 * MAX_PIPES as u64 <= crate::net::RESERVED_FDS / 2);
         let pipes: Vec<_> = std::iter::from_fn(Pipe::take).take(MAX_PIPES + 1).collect();
         assert_eq!(pipes.len(), MAX_PIPES, "the cap held");
-        assert!(pipes.iter().all(|p| p.slots >= BUF_SIZE / PAGE + 2));
         drop(pipes);
         assert!(Pipe::take().is_some(), "closed pipes are no longer counted");
     }
