@@ -88,18 +88,23 @@ async fn upstream_frames_of_every_size_arrive_byte_for_byte_and_the_large_ones_a
     assert!(got == bytes, "the client got different bytes");
     within(STEP, "the upstream writer", writer).await.unwrap();
 
-    let s = scrape(proxy.admin_addr).await;
+    // The counters are published at the end of the proxy's wake-up, which may come just
+    // after the client read the last byte.
+    let bytes_counted = |s: &common::prom::Scrape| {
+        s.value("wsbeat_bytes_total", &[("direction", "upstream_to_client")])
+    };
+    let want = bytes.len() as f64;
+    let s = eventually_scrape(proxy.admin_addr, STEP, "every byte counted", |s| {
+        bytes_counted(s) >= want
+    })
+    .await;
     let spliced = s.value("wsbeat_spliced_frames_total", &[("side", "upstream")]);
     // The 1 and 3 MiB frames always are: at most one buffer of them is read before.
     assert!(
         (2.0..=8.0).contains(&spliced),
         "spliced {spliced} of the frames"
     );
-    assert_eq!(
-        s.value("wsbeat_bytes_total", &[("direction", "upstream_to_client")]),
-        bytes.len() as f64,
-        "byte counter"
-    );
+    assert_eq!(bytes_counted(&s), want, "byte counter");
     assert_eq!(
         s.value(
             "wsbeat_frames_total",
