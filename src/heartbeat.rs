@@ -217,8 +217,7 @@ impl Heartbeat {
     /// Activity only ever moves deadlines later, so a driver may keep a timer armed for an
     /// earlier instant: `handle_timeout` then does nothing and the driver re-arms.
     pub(crate) fn poll_timeout(&self, cfg: &HeartbeatConfig) -> Instant {
-        let ping = (!cfg.interval.is_zero()).then_some(self.next_ping);
-        match (ping, self.expiry(cfg)) {
+        match (self.next_ping(cfg), self.expiry(cfg)) {
             (Some(a), Some(b)) => a.min(b),
             (Some(a), None) | (None, Some(a)) => a,
             // With pings off, `next_ping` holds the last time the driver asked (see

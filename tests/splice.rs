@@ -68,6 +68,31 @@ async fn read_exactly(r: &mut (impl AsyncReadExt + Unpin), n: usize) -> Vec<u8> 
     got
 }
 
+/// The next frame from `r` within `STEP`; panics on an error or end of stream.
+async fn next_frame(r: &mut (impl AsyncReadExt + Unpin), what: &str) -> RawFrame {
+    within(STEP, what, read_frame(r))
+        .await
+        .expect("read")
+        .expect("open")
+}
+
+/// Writes `bytes` into `from` in pieces (see [`write_in_pieces`]) while reading them all back
+/// from `to`; returns what `to` got.
+async fn relay_in_pieces(
+    mut from: impl AsyncWriteExt + Unpin + Send + 'static,
+    to: &mut (impl AsyncReadExt + Unpin),
+    bytes: &[u8],
+) -> Vec<u8> {
+    let sent = bytes.to_vec();
+    let writer = tokio::spawn(async move {
+        write_in_pieces(&mut from, &sent).await;
+        from
+    });
+    let got = read_exactly(to, bytes.len()).await;
+    drop(within(STEP, "the writer", writer).await.expect("writer"));
+    got
+}
+
 /// Counter value of `name{labels}` at the proxy.
 async fn counter(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape(admin).await.value(name, labels)
@@ -77,16 +102,9 @@ async fn counter(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str)
 async fn upstream_frames_of_every_size_arrive_byte_for_byte_and_the_large_ones_are_spliced() {
     let (proxy, client, upstream) = raw_session(&NO_PINGS).await;
     let bytes = stream(false);
-    let mut up = upstream.ws.io;
-    let sent = bytes.clone();
-    let writer = tokio::spawn(async move {
-        write_in_pieces(&mut up, &sent).await;
-        up
-    });
     let mut down = client.ws.io;
-    let got = read_exactly(&mut down, bytes.len()).await;
+    let got = relay_in_pieces(upstream.ws.io, &mut down, &bytes).await;
     assert!(got == bytes, "the client got different bytes");
-    within(STEP, "the upstream writer", writer).await.unwrap();
 
     // The counters are published at the end of the proxy's wake-up, which may come just
     // after the client read the last byte.
@@ -121,15 +139,8 @@ async fn with_forward_masking_client_frames_are_spliced_unchanged_and_with_fresh
         let (proxy, client, upstream) =
             raw_session(&[&NO_PINGS[..], &["--upstream-masking", masking]].concat()).await;
         let bytes = stream(true);
-        let mut up = client.ws.io;
-        let sent = bytes.clone();
-        let writer = tokio::spawn(async move {
-            write_in_pieces(&mut up, &sent).await;
-            up
-        });
         let mut down = upstream.ws.io;
-        let got = read_exactly(&mut down, bytes.len()).await;
-        within(STEP, "the client writer", writer).await.unwrap();
+        let got = relay_in_pieces(client.ws.io, &mut down, &bytes).await;
         let spliced = counter(
             proxy.admin_addr,
             "wsbeat_spliced_frames_total",
@@ -196,10 +207,7 @@ async fn a_ping_due_during_a_spliced_frame_follows_the_frame() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(got == payload, "the spliced payload differs");
-    let next = within(STEP, "the ping after it", read_frame(&mut down))
-        .await
-        .expect("read")
-        .expect("open");
+    let next = next_frame(&mut down, "the ping after it").await;
     assert_eq!(next.opcode, OP_PING, "{next:?}");
     within(STEP, "the upstream writer", writer).await.unwrap();
     assert_eq!(
@@ -243,10 +251,7 @@ async fn a_client_that_does_not_read_holds_a_splicing_upstream_back() {
     let deadline = Instant::now() + STEP;
     let mut frames = 0;
     while frames < written_mib && Instant::now() < deadline {
-        let f = within(STEP, "a frame", read_frame(&mut down))
-            .await
-            .expect("read")
-            .expect("open");
+        let f = next_frame(&mut down, "a frame").await;
         assert!(f.payload == pattern(1 << 20), "frame {frames} differs");
         frames += 1;
     }
@@ -309,10 +314,7 @@ async fn a_client_that_goes_away_mid_payload_is_reported_to_the_upstream() {
         .await
         .expect("read");
     drop(down);
-    let close = within(STEP, "a close at the upstream", read_frame(&mut up_read))
-        .await
-        .expect("read")
-        .expect("open");
+    let close = next_frame(&mut up_read, "a close at the upstream").await;
     assert_eq!(close.opcode, OP_CLOSE, "{close:?}");
     assert_eq!(close.close_code(), Some(1001), "{close:?}");
     within(STEP, "the upstream's write to finish", writer)
@@ -337,26 +339,17 @@ async fn the_lowest_threshold_does_not_stall_after_a_lone_ping() {
     write_frame(&mut up_write, &RawFrame::binary(pattern(200)))
         .await
         .expect("write");
-    let f = within(STEP, "the first frame", read_frame(&mut down))
-        .await
-        .expect("read")
-        .expect("open");
+    let f = next_frame(&mut down, "the first frame").await;
     assert_eq!(f.payload.len(), 200);
     write_frame(&mut up_write, &RawFrame::ping(b"p".to_vec()))
         .await
         .expect("ping");
-    let pong = within(STEP, "the pong", read_frame(&mut up_read))
-        .await
-        .expect("read")
-        .expect("open");
+    let pong = next_frame(&mut up_read, "the pong").await;
     assert_eq!(pong.opcode, OP_PONG, "{pong:?}");
     write_frame(&mut up_write, &RawFrame::binary(b"after".to_vec()))
         .await
         .expect("write");
-    let f = within(STEP, "the frame after the ping", read_frame(&mut down))
-        .await
-        .expect("read")
-        .expect("open");
+    let f = next_frame(&mut down, "the frame after the ping").await;
     assert_eq!(f.payload, b"after");
 }
 

@@ -155,12 +155,13 @@ mod tests {
     const TASK_FUTURE_BUDGET: usize = 1_296;
 
     /// The session's task stays within its budget, with plain TCP on both legs.
-    #[tokio::test]
-    async fn the_session_task_fits_its_memory_budget() {
+    /// The task of a session whose requests hyper never served, so that awaiting their
+    /// upgrades fails at once, in a proxy that counts into `metrics`.
+    fn unserved_session(metrics: Arc<Metrics>) -> impl Future<Output = ()> {
         let cli = Cli::try_parse_from(["wsbeat", "--upstream", "ws://127.0.0.1:9"]).unwrap();
         let proxy = Arc::new(Proxy::new(
             Config::try_from(cli).unwrap(),
-            Arc::new(Metrics::new().unwrap()),
+            metrics,
             Arc::default(),
             crate::shutdown::channel().1,
         ));
@@ -171,7 +172,12 @@ mod tests {
         );
         let client = hyper::upgrade::on(Request::new(()));
         let upstream = hyper::upgrade::on(Request::new(()));
-        let task = proxy.session(client, upstream, Arc::new(ctx), "/".into(), false);
+        proxy.session(client, upstream, Arc::new(ctx), "/".into(), false)
+    }
+
+    #[tokio::test]
+    async fn the_session_task_fits_its_memory_budget() {
+        let task = unserved_session(Arc::new(Metrics::new().unwrap()));
         let size = std::mem::size_of_val(&task);
         assert!(
             size <= TASK_FUTURE_BUDGET,
@@ -184,25 +190,8 @@ mod tests {
     /// and no session is left active.
     #[tokio::test]
     async fn upgrade_failing_after_the_101_is_one_upgrade_failed_close() {
-        let cli = Cli::try_parse_from(["wsbeat", "--upstream", "ws://127.0.0.1:9"]).unwrap();
         let metrics = Arc::new(Metrics::new().unwrap());
-        let proxy = Arc::new(Proxy::new(
-            Config::try_from(cli).unwrap(),
-            Arc::clone(&metrics),
-            Arc::default(),
-            crate::shutdown::channel().1,
-        ));
-        let ctx = ConnContext::new(
-            "127.0.0.1:1".parse().unwrap(),
-            Scheme::Http,
-            Admission::Unlimited,
-        );
-        // Requests hyper never served carry no upgrade: awaiting them fails at once.
-        let client = hyper::upgrade::on(Request::new(()));
-        let upstream = hyper::upgrade::on(Request::new(()));
-        proxy
-            .session(client, upstream, Arc::new(ctx), "/".into(), false)
-            .await;
+        unserved_session(Arc::clone(&metrics)).await;
         let text = scrape(&metrics);
         let line = r#"wsbeat_closes_total{initiator="client",reason="upgrade_failed"} 1"#;
         assert!(text.contains(line), "{text}");

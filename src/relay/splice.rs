@@ -17,7 +17,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
@@ -146,31 +146,14 @@ impl Pipe {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
         debug_assert!(self.has_room() && len > 0);
-        loop {
-            ready!(src.poll_read_ready(cx))?;
-            let spliced = src.try_io(Interest::READABLE, || {
-                Ok(rustix::pipe::splice(
-                    src,
-                    None,
-                    &self.tx,
-                    None,
-                    len,
-                    SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
-                )?)
-            });
-            match spliced {
-                Ok(n) => {
-                    self.held += n;
-                    if n > 0 {
-                        self.used = self.slots;
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                // Readiness was cleared: the next round registers for the next wake-up.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let n = ready!(poll_splice(src, Interest::READABLE, cx, || {
+            splice(src.as_fd(), self.tx.as_fd(), len)
+        }))?;
+        self.held += n;
+        if n > 0 {
+            self.used = self.slots;
         }
+        Poll::Ready(Ok(n))
     }
 
     /// Splices what the pipe holds into `dst`, as far as its socket takes it; returns how many
@@ -181,30 +164,43 @@ impl Pipe {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<usize>> {
         debug_assert!(self.held > 0);
-        loop {
-            ready!(dst.poll_write_ready(cx))?;
-            let spliced = dst.try_io(Interest::WRITABLE, || {
-                Ok(rustix::pipe::splice(
-                    &self.rx,
-                    None,
-                    dst,
-                    None,
-                    self.held,
-                    SpliceFlags::NONBLOCK | SpliceFlags::MOVE,
-                )?)
-            });
-            match spliced {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
-                    self.held -= n;
-                    if self.held == 0 {
-                        self.used = 0;
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let n = ready!(poll_splice(dst, Interest::WRITABLE, cx, || {
+            splice(self.rx.as_fd(), dst.as_fd(), self.held)
+        }))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        self.held -= n;
+        if self.held == 0 {
+            self.used = 0;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// One non-blocking `splice(2)` of up to `len` bytes from `from` to `to`.
+fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    Ok(rustix::pipe::splice(from, None, to, None, len, flags)?)
+}
+
+/// Runs `op` once `socket` is ready for `interest`, with tokio's readiness: a "would block"
+/// clears it, and the next round registers for the next wake-up.
+fn poll_splice(
+    socket: &TcpStream,
+    interest: Interest,
+    cx: &mut Context<'_>,
+    mut op: impl FnMut() -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        if interest.is_readable() {
+            ready!(socket.poll_read_ready(cx))?;
+        } else {
+            ready!(socket.poll_write_ready(cx))?;
+        }
+        match socket.try_io(interest, &mut op) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return Poll::Ready(done),
         }
     }
 }
