@@ -169,6 +169,9 @@ fn free_subnet(seed: u32) -> Option<Ipv4Addr> {
         })
 }
 
+/// Bytes a slow link's bottleneck holds before it drops (see [`Netns::slow_link`]).
+pub const SLOW_LINK_QUEUE: u32 = 1 << 20;
+
 /// A network namespace with one veth link to the root namespace.
 pub struct Netns {
     /// The namespace's name (`ip netns exec NAME …`).
@@ -177,6 +180,8 @@ pub struct Netns {
     pub host_ip: Ipv4Addr,
     /// The namespace's own address: where a peer in here listens.
     pub peer_ip: Ipv4Addr,
+    /// The root namespace's end of the veth link.
+    host_if: String,
 }
 
 impl Netns {
@@ -197,6 +202,8 @@ impl Netns {
             name: format!("wsbeat-test-{pid}-{n}"),
             host_ip: Ipv4Addr::from(u32::from(base) + 1),
             peer_ip: Ipv4Addr::from(u32::from(base) + 2),
+            // Interface names are limited to 15 bytes; the namespace's end can have any name.
+            host_if: format!("wsb{pid}h{n}"),
         };
         // Packets for the test range must never follow the default route out of the machine,
         // whatever happens to a namespace or to the cleanup below: an `unreachable` route for
@@ -206,20 +213,19 @@ impl Netns {
         if let Err(e) = run("ip", &["route", "replace", "unreachable", &range]) {
             panic!("{test}: cannot fence off {range}: {e}");
         }
-        // Interface names are limited to 15 bytes; the namespace's end can have any name.
-        let host_if = format!("wsb{pid}h{n}");
         if let Err(e) = run("ip", &["netns", "add", &ns.name]) {
             skip_or_fail(test, &format!("cannot create a network namespace: {e}"));
             return None;
         }
         // From here on, dropping `ns` cleans up whatever was made.
-        if let Err(e) = ns.link(&host_if) {
+        if let Err(e) = ns.link() {
             panic!("{test}: setting up namespace {}: {e}", ns.name);
         }
         Some(ns)
     }
 
-    fn link(&self, host_if: &str) -> Result<(), String> {
+    fn link(&self) -> Result<(), String> {
+        let host_if = self.host_if.as_str();
         let (host, peer) = (
             format!("{}/30", self.host_ip),
             format!("{}/30", self.peer_ip),
@@ -236,6 +242,41 @@ impl Netns {
         run("ip", &["-n", ns, "addr", "add", &peer, "dev", "eth0"])?;
         run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
         run("ip", &["-n", ns, "link", "set", "lo", "up"])
+    }
+
+    /// Makes the link toward the namespace a slow one: `rate` bytes per second from the root
+    /// namespace in, as on a mobile network, with a bottleneck queue deep enough
+    /// ([`SLOW_LINK_QUEUE`]) that it does not drop (drops add retransmission stalls of their
+    /// own). The namespace's host still takes every byte the moment it arrives, so its kernel
+    /// acknowledges at the link's pace, unlike a fast link to a program that reads slowly.
+    /// `tbf` cuts the veth's 64 KiB GSO packets to the rate in MTU-sized segments.
+    pub fn slow_link(&self, test: &str, rate: u64) -> bool {
+        let (rate, burst, limit) = (
+            format!("{}bit", rate * 8),
+            "16kb".to_owned(),
+            SLOW_LINK_QUEUE.to_string(),
+        );
+        let args = [
+            "qdisc",
+            "replace",
+            "dev",
+            &self.host_if,
+            "root",
+            "tbf",
+            "rate",
+            &rate,
+            "burst",
+            &burst,
+            "limit",
+            &limit,
+        ];
+        match run("tc", &args) {
+            Ok(()) => true,
+            Err(e) => {
+                skip_or_fail(test, &format!("cannot shape the link with tc: {e}"));
+                false
+            }
+        }
     }
 
     /// `program` to be run inside the namespace.
