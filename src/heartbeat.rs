@@ -203,6 +203,16 @@ impl Heartbeat {
         }
     }
 
+    /// A ping is outstanding that has not been written yet.
+    pub(crate) fn ping_waits(&self) -> bool {
+        matches!(self.probe, Probe::Queued { .. })
+    }
+
+    /// How many pings were made so far (wrapping at 48 bits, as their numbers do).
+    pub(crate) fn pings(&self) -> u64 {
+        self.seq
+    }
+
     /// The payload of a new ping, made the latest one at `now`. On its own (not through
     /// `handle_timeout`) it is the extra ping the relay sends a silent peer, so that the peer's
     /// kernel acknowledges with its current receive window; the running timeout stays as it is.

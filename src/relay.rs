@@ -37,9 +37,9 @@
 //!   a slow reader answers only once it has read them. Half a timeout before a silent peer
 //!   expires, we note the receive window it advertised (`TCP_INFO`, [`PeerDelivery`]) and send
 //!   an extra ping, whose acknowledgement brings that window up to date. At the expiry, a
-//!   window that grew, or bytes acknowledged that were waiting for room, mean the peer read:
-//!   it is kept. A peer that does not read shows neither. If we were starved past the look, we
-//!   look at the expiry and decide half a timeout later, once.
+//!   window whose right edge (acknowledged + window) moved on, beyond our own pings, means
+//!   the peer read: it is kept (see [`peer_read`]). A peer that does not read never moves it. If we were starved
+//!   past the look, we look at the expiry and decide half a timeout later, once.
 //!
 //! Layout: [`leg`] holds a leg's state as enums (what may still be read, how far the close
 //! toward it has come), [`pump`] one direction's buffer and framing, [`direction`] the I/O of
@@ -235,12 +235,32 @@ enum KernelVerdict {
     Silent,
 }
 
-/// Whether the peer read between two looks at its kernel: its window grew (room freed in its
-/// receive buffer), or it acknowledged bytes that were waiting for room in its window. A peer
-/// that does not read does neither once its buffer is full; our extra ping alone never counts,
-/// since it waits behind nothing.
-fn peer_read(then: wsbeat_tcpinfo::Delivery, now: wsbeat_tcpinfo::Delivery) -> bool {
-    now.window > then.window || (then.unsent > 0 && now.acked > then.acked)
+/// The most bytes one of our pings takes on the wire: a 2-byte header, a masking key toward
+/// the upstream, an 8-byte payload.
+const MAX_PING_FRAME: u64 = 14;
+
+/// Whether the peer read between two looks at its kernel: the right edge of its window (bytes
+/// acknowledged + window) moved on by more than `ours`, the bytes of our own pings sent in
+/// between. Data arriving moves the left edge and shrinks the window by as much; only the
+/// peer's application reading frees room and moves the right edge. So a client on a slow link,
+/// whose kernel acknowledges our queued bytes as they arrive while its application reads them
+/// at once, shows it, with or without bytes still waiting on our side.
+///
+/// Our pings never count: while a receive buffer is mostly empty, Linux advertises a window
+/// capped at a threshold (`rcv_ssthresh`), not the room left, so the edge moves with every
+/// byte that arrives, read or not, and a frozen peer's edge moves by our pings. Data arriving
+/// there moves it the same way: such a peer counts as taking bytes, as it does, until its
+/// buffer fills.
+///
+/// During loss recovery the cumulative acknowledgement, and with it the edge, waits for the
+/// retransmission, which queues behind everything at the bottleneck (seconds on a slow link).
+/// Segments SACKed meanwhile, more than our pings could be, show the peer's host taking what
+/// arrives.
+fn peer_read(then: wsbeat_tcpinfo::Delivery, now: wsbeat_tcpinfo::Delivery, ours: u64) -> bool {
+    let edge = |d: wsbeat_tcpinfo::Delivery| d.acked + u64::from(d.window);
+    let sacked = u64::from(now.delivered.wrapping_sub(then.delivered));
+    let recovering = now.acked == then.acked && sacked * MAX_PING_FRAME > ours;
+    edge(now) > edge(then) + ours || recovering
 }
 
 /// A look at the kernel's view of a silent leg: how far its peer had read when we looked, and
@@ -249,6 +269,9 @@ fn peer_read(then: wsbeat_tcpinfo::Delivery, now: wsbeat_tcpinfo::Delivery) -> b
 struct KernelLook {
     /// What the kernel said when we looked.
     seen: wsbeat_tcpinfo::Delivery,
+    /// The heartbeat's ping count before the look's extra ping: our own pings since then move
+    /// the peer's window edge without proving anything.
+    pings: u64,
     /// The expiry of the heartbeat probe this look is for.
     expiry: Instant,
     /// When the kernel is asked again for the verdict: the expiry, or later if the look itself
@@ -755,9 +778,9 @@ where
     /// the leg was dropped.
     fn on_heartbeat_due(&mut self, side: Side, now: Instant, confirmed: bool) -> bool {
         let timer = Timer::heartbeat(side);
-        let (leg, from_pump) = match side {
-            Side::Client => (&mut self.client.st, &self.c2u),
-            Side::Upstream => (&mut self.upstream.st, &self.u2c),
+        let (leg, from_pump, to_pump) = match side {
+            Side::Client => (&mut self.client.st, &self.c2u, &self.u2c),
+            Side::Upstream => (&mut self.upstream.st, &self.u2c, &self.c2u),
         };
         if leg.is_dropped() {
             self.timers.stop(timer);
@@ -766,6 +789,12 @@ where
         if from_pump.is_stalled() {
             // We stopped reading this leg because its bytes cannot be delivered; they are
             // proof of life we have not looked at yet.
+            leg.hb.on_activity();
+        }
+        if leg.hb.ping_waits() && to_pump.awaits_source() {
+            // Our ping waits for the end of a frame from the other leg that has not all come
+            // yet (a client uploading over a slow link), and this leg took every byte we had:
+            // the wait is not its doing. Its timeout starts when the ping goes out.
             leg.hb.on_activity();
         }
         let action = leg.hb.handle_timeout(self.cfg.heartbeat(side), now);
@@ -862,6 +891,7 @@ where
             now,
             KernelLook {
                 seen,
+                pings: 0,
                 expiry,
                 verdict_at: expiry,
             },
@@ -871,8 +901,10 @@ where
     /// Keeps `look` for `side`'s verdict and sends the extra ping whose acknowledgement brings
     /// the peer's window up to date.
     fn start_look(&mut self, side: Side, now: Instant, look: KernelLook) {
-        self.kernel[side.index()] = Some(Box::new(look));
-        let payload = self.leg_mut(side).hb.new_ping(now);
+        let hb = &mut self.leg_mut(side).hb;
+        let pings = hb.pings();
+        let payload = hb.new_ping(now);
+        self.kernel[side.index()] = Some(Box::new(KernelLook { pings, ..look }));
         self.send_ping(side, &payload);
     }
 
@@ -891,13 +923,18 @@ where
                 self.kernel[side.index()] = None;
                 tracing::debug!(
                     side = side.as_str(),
+                    client = %self.info.client,
                     window_then = k.seen.window,
                     window_now = d.window,
                     unsent_then = k.seen.unsent,
                     acked = d.acked.saturating_sub(k.seen.acked),
+                    delivered = d.delivered.wrapping_sub(k.seen.delivered),
                     "silent peer: what its kernel showed between the look and the expiry"
                 );
-                if peer_read(k.seen, d) {
+                // Ours since the look, and the probe's own ping if the view predates it.
+                let pings = self.leg_mut(side).hb.pings().wrapping_sub(k.pings) & 0xFFFF_FFFF_FFFF;
+                let ours = (pings + 1) * MAX_PING_FRAME;
+                if peer_read(k.seen, d, ours) {
                     KernelVerdict::Read
                 } else {
                     KernelVerdict::Silent
@@ -906,10 +943,19 @@ where
             Some(k) if k.expiry == expiry => KernelVerdict::Wait,
             // A late look is granted once per expiry; past a whole extra timeout the peer is
             // dead whatever happened to us.
-            _ if now >= expiry + 2 * (expiry - look_at) => KernelVerdict::Silent,
+            _ if now >= expiry + 2 * (expiry - look_at) => {
+                tracing::debug!(
+                    side = side.as_str(),
+                    client = %self.info.client,
+                    late_ms = (now - expiry).as_millis() as u64,
+                    "silent peer: no look at its kernel in time; the proxy was starved"
+                );
+                KernelVerdict::Silent
+            }
             _ => {
                 let look = KernelLook {
                     seen: d,
+                    pings: 0,
                     expiry,
                     verdict_at: now + (expiry - look_at),
                 };

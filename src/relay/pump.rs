@@ -309,6 +309,13 @@ impl Pump {
         self.wpos != self.ppos || self.piped() > 0
     }
 
+    /// The destination took everything relayed so far, but the frame in progress is not
+    /// finished: its rest has yet to come from the source, and a control frame for the
+    /// destination waits for it.
+    pub(crate) fn awaits_source(&self) -> bool {
+        !self.has_output() && self.out_until_boundary() > 0
+    }
+
     /// True when a data message of our own may be written to the destination now: everything
     /// relayed so far is written, ends at a frame boundary and finished its message, and the
     /// pump still relays (nothing of ours goes after a relayed close).

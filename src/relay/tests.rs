@@ -565,3 +565,36 @@ async fn each_open_leg_gets_the_shutdown_grace_in_turn() {
         "ended {took:?} after the close handshake"
     );
 }
+
+/// What the kernel's view at a silent peer's expiry says, against the view at the look, for
+/// the peers the liveness rules are about. Figures are from debug logs of real runs.
+#[test]
+fn peer_read_follows_the_right_edge_of_the_window_beyond_our_pings() {
+    let view = |acked, window, delivered| wsbeat_tcpinfo::Delivery {
+        window,
+        acked,
+        unsent: 0,
+        delivered,
+    };
+    let then = view(1_000_000, 168_960, 700);
+    let two_pings = 2 * MAX_PING_FRAME;
+    // A client behind a 64 KiB/s link: 8688 bytes acknowledged in 150 ms, all read at once, so
+    // the window stayed; nothing was waiting on our side.
+    assert!(peer_read(then, view(1_008_688, 168_960, 706), two_pings));
+    // A loopback upstream that read a little: 2896 bytes taken, the window 3072 larger.
+    assert!(peer_read(then, view(1_002_896, 172_032, 701), two_pings));
+    // A frozen client: its kernel took our 10-byte ping, and the window shrank by as much...
+    assert!(!peer_read(then, view(1_000_010, 168_950, 701), two_pings));
+    // ...or stayed at its threshold, the buffer being mostly empty: two pings, 20 bytes.
+    assert!(!peer_read(then, view(1_000_020, 168_960, 702), two_pings));
+    // A frozen client still taking a frame: the window shrank by all it took.
+    assert!(!peer_read(then, view(1_050_000, 118_960, 735), two_pings));
+    // Nothing at all.
+    assert!(!peer_read(then, then, two_pings));
+    // A slow reader whose window reopened, nothing acknowledged.
+    assert!(peer_read(then, view(1_000_000, 200_000, 700), two_pings));
+    // Loss recovery: the cumulative acknowledgement waits, arrivals are SACKed...
+    assert!(peer_read(then, view(1_000_000, 168_960, 706), two_pings));
+    // ...but our two pings SACKed behind a hole are not enough.
+    assert!(!peer_read(then, view(1_000_000, 168_960, 702), two_pings));
+}

@@ -12,12 +12,17 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delivery {
     /// The receive window the peer last advertised, in bytes: the room left in its receive
-    /// buffer. Data arriving shrinks that room and only the peer's application reading frees
-    /// it, so a window that grows (beyond a segment's rounding) means the peer read. A peer
-    /// that does not read never shows one, however many bytes its kernel acknowledges.
+    /// buffer, or less while that buffer is mostly empty (Linux caps the window at a threshold
+    /// that grows as data arrives). Data arriving shrinks the room and only the peer's
+    /// application reading frees it.
     pub window: u32,
-    /// Bytes of ours the peer's kernel acknowledged.
+    /// Bytes of ours the peer's kernel acknowledged cumulatively.
     pub acked: u64,
+    /// Segments of ours the peer's kernel confirmed, selectively acknowledged ones included.
+    /// After a loss, the cumulative acknowledgement stands still until the retransmission
+    /// arrives, behind everything queued at the bottleneck (seconds on a slow link), while
+    /// each segment that arrives meanwhile is still confirmed by a SACK and counted here.
+    pub delivered: u32,
     /// Bytes written to the socket and not yet sent.
     pub unsent: u32,
 }
@@ -53,6 +58,7 @@ pub fn delivery(fd: BorrowedFd<'_>) -> io::Result<Option<Delivery>> {
     Ok(Some(Delivery {
         window: info.tcpi_snd_wnd,
         acked: info.tcpi_bytes_acked,
+        delivered: info.tcpi_delivered,
         unsent: info.tcpi_notsent_bytes,
     }))
 }
