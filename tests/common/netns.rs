@@ -134,6 +134,34 @@ impl Drop for NetnsPair {
 const SUBNET_BASE: [u8; 2] = [10, 250];
 const SUBNETS: u32 = 1 << 14;
 
+/// Runs `program args` with `input` on its stdin (`ip -batch -`, `tc -batch -`); its stderr
+/// on failure.
+fn run_batch(program: &str, args: &[&str], input: &str) -> Result<(), String> {
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, input.as_bytes())
+        .map_err(|e| format!("{program}: writing the batch: {e}"))?;
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// Runs `program args` to completion; its stderr on failure.
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
     let out = std::process::Command::new(program)
@@ -171,6 +199,20 @@ fn free_subnet(seed: u32) -> Option<Ipv4Addr> {
 
 /// Bytes a slow link's bottleneck holds before it drops (see [`Netns::slow_link`]).
 pub const SLOW_LINK_QUEUE: u32 = 1 << 20;
+
+/// The bucket of a slow link: three segments. The veth hands `tbf` packets of up to 64 KiB
+/// (GSO); `tbf` cuts those larger than its bucket into segments, and sends smaller ones whole.
+/// A 16 KiB bucket let 16 KiB leave at once every 250 ms at 64 KiB/s, and a peer acknowledged
+/// only that often, which no real link does; with this one, every 50 ms at most.
+pub const SLOW_LINK_BURST: u32 = 4096;
+
+/// The `tc` command (without `tc`) that makes `dev`'s egress a link of `rate` bytes per second.
+fn tbf(dev: &str, rate: u64) -> String {
+    format!(
+        "qdisc replace dev {dev} root tbf rate {}bit burst {SLOW_LINK_BURST} limit {SLOW_LINK_QUEUE}",
+        rate * 8
+    )
+}
 
 /// A network namespace with one veth link to the root namespace.
 pub struct Netns {
@@ -249,27 +291,9 @@ impl Netns {
     /// ([`SLOW_LINK_QUEUE`]) that it does not drop (drops add retransmission stalls of their
     /// own). The namespace's host still takes every byte the moment it arrives, so its kernel
     /// acknowledges at the link's pace, unlike a fast link to a program that reads slowly.
-    /// `tbf` cuts the veth's 64 KiB GSO packets to the rate in MTU-sized segments.
     pub fn slow_link(&self, test: &str, rate: u64) -> bool {
-        let (rate, burst, limit) = (
-            format!("{}bit", rate * 8),
-            "16kb".to_owned(),
-            SLOW_LINK_QUEUE.to_string(),
-        );
-        let args = [
-            "qdisc",
-            "replace",
-            "dev",
-            &self.host_if,
-            "root",
-            "tbf",
-            "rate",
-            &rate,
-            "burst",
-            &burst,
-            "limit",
-            &limit,
-        ];
+        let args = tbf(&self.host_if, rate);
+        let args: Vec<&str> = args.split(' ').collect();
         match run("tc", &args) {
             Ok(()) => true,
             Err(e) => {
@@ -445,5 +469,131 @@ impl NsPeer {
             .status()
             .expect("kill -STOP");
         assert!(status.success(), "kill -STOP {pid}: {status}");
+    }
+}
+
+/// Hosts for many clients on slow links at once: one namespace with a veth link per client,
+/// each a /30 of its own and shaped as [`Netns::slow_link`] shapes one. A socket made with
+/// [`SlowLinks::socket`] lives in the namespace and goes out over its own link, whichever
+/// thread then drives it. Deleted on drop.
+pub struct SlowLinks {
+    name: String,
+    /// Per link: the root namespace's end (where wsbeat listens) and the client's address.
+    pub links: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// The /21 the links' /30s come from.
+    block: String,
+}
+
+/// The links' /30s come from 10.251.0.0/16, a /21 (512 links) per test process.
+const LINKS_BASE: [u8; 2] = [10, 251];
+const LINKS_PER_BLOCK: usize = 512;
+
+impl SlowLinks {
+    /// One link per entry of `rates` (bytes per second), or None (after saying why) when this
+    /// machine cannot.
+    pub fn create(test: &str, rates: &[u64]) -> Option<SlowLinks> {
+        assert!(rates.len() <= LINKS_PER_BLOCK, "{} links", rates.len());
+        if !is_root() {
+            skip_or_fail(test, "network namespaces need root");
+            return None;
+        }
+        if let Err(e) = run("tc", &["-V"]) {
+            skip_or_fail(test, &format!("tc (iproute2) is missing: {e}"));
+            return None;
+        }
+        // As for `Netns`: nothing for the range ever follows the default route.
+        let range = format!("{}.{}.0.0/16", LINKS_BASE[0], LINKS_BASE[1]);
+        if let Err(e) = run("ip", &["route", "replace", "unreachable", &range]) {
+            panic!("{test}: cannot fence off {range}: {e}");
+        }
+        let pid = std::process::id();
+        let routes = std::process::Command::new("ip")
+            .args(["-4", "route", "show"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let Some(third) = (0..32u32).map(|i| ((pid + i) % 32) * 8).find(|third| {
+            !routes.contains(&format!("{}.{}.{third}.", LINKS_BASE[0], LINKS_BASE[1]))
+        }) else {
+            panic!("{test}: no free /21 in {range} for slow links");
+        };
+        let base = u32::from(Ipv4Addr::new(LINKS_BASE[0], LINKS_BASE[1], third as u8, 0));
+        let mut slow = SlowLinks {
+            name: format!("wsbeat-links-{pid}"),
+            links: Vec::new(),
+            block: format!("{}/21", Ipv4Addr::from(base)),
+        };
+        if let Err(e) = run("ip", &["netns", "add", &slow.name]) {
+            skip_or_fail(test, &format!("cannot create a network namespace: {e}"));
+            return None;
+        }
+        // From here on, dropping `slow` cleans up whatever was made.
+        let (mut host, mut inside, mut shape) = (String::new(), String::new(), String::new());
+        inside.push_str("link set lo up\n");
+        for (i, &rate) in rates.iter().enumerate() {
+            let net = base + 4 * i as u32;
+            let (h, p) = (Ipv4Addr::from(net + 1), Ipv4Addr::from(net + 2));
+            let (dev, peer_dev) = (format!("wl{}x{i}", pid % 100_000), format!("e{i}"));
+            host.push_str(&format!(
+                "link add {dev} type veth peer name {peer_dev} netns {name}\n\
+                 addr add {h}/30 dev {dev}\nlink set {dev} up\n",
+                name = slow.name
+            ));
+            inside.push_str(&format!(
+                "addr add {p}/30 dev {peer_dev}\nlink set {peer_dev} up\n"
+            ));
+            shape.push_str(&tbf(&dev, rate));
+            shape.push('\n');
+            slow.links.push((h, p));
+        }
+        let made = run_batch("ip", &["-batch", "-"], &host)
+            .and_then(|()| run_batch("ip", &["-n", &slow.name, "-batch", "-"], &inside))
+            .and_then(|()| run_batch("tc", &["-batch", "-"], &shape));
+        if let Err(e) = made {
+            panic!("{test}: setting up {} slow links: {e}", rates.len());
+        }
+        Some(slow)
+    }
+
+    /// A TCP socket in the namespace, bound to link `i`'s client address: connected to that
+    /// link's root-namespace address, it goes over that link.
+    pub fn socket(&self, i: usize) -> socket2::Socket {
+        let path = format!("/var/run/netns/{}", self.name);
+        let local = SocketAddr::from((self.links[i].1, 0));
+        // A thread of its own enters the namespace; the socket stays in it after the thread
+        // is gone.
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&ns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            let socket = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+            .expect("socket");
+            socket
+                .bind(&local.into())
+                .expect("bind to the link's address");
+            socket
+        })
+        .join()
+        .expect("the namespace thread")
+    }
+}
+
+impl Drop for SlowLinks {
+    /// As for [`Netns`]: root-namespace sockets toward the links go first, while their packets
+    /// can still only reach the namespace.
+    fn drop(&mut self) {
+        if let Err(e) = run("ss", &["-K", "-t", "-a", "dst", &self.block]) {
+            eprintln!("cleanup: {e}");
+        }
+        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
+            eprintln!("cleanup: {e}");
+        }
     }
 }
