@@ -36,9 +36,9 @@
 //! - Ask the kernel: bytes already handed to the kernel sit between our ping and the peer, and
 //!   a slow reader answers only once it has read them. Half a timeout before a silent peer
 //!   expires, we note the receive window it advertised (`TCP_INFO`, [`PeerDelivery`]) and send
-//!   an extra ping, whose acknowledgement brings that window up to date. At the expiry, a
-//!   window whose right edge (acknowledged + window) moved on, beyond our own pings, means
-//!   the peer read: it is kept (see [`peer_read`]). A peer that does not read never moves it. If we were starved
+//!   an extra ping, whose acknowledgement brings that window up to date. At the expiry,
+//!   bytes taken that were already waiting at the look, or a window that grew while bytes
+//!   waited for it, mean the peer kept taking: it is kept (see [`peer_read`]). A peer that does not read never moves it. If we were starved
 //!   past the look, we look at the expiry and decide half a timeout later, once.
 //!
 //! Layout: [`leg`] holds a leg's state as enums (what may still be read, how far the close
@@ -239,28 +239,32 @@ enum KernelVerdict {
 /// the upstream, an 8-byte payload.
 const MAX_PING_FRAME: u64 = 14;
 
-/// Whether the peer read between two looks at its kernel: the right edge of its window (bytes
-/// acknowledged + window) moved on by more than `ours`, the bytes of our own pings sent in
-/// between. Data arriving moves the left edge and shrinks the window by as much; only the
-/// peer's application reading frees room and moves the right edge. So a client on a slow link,
-/// whose kernel acknowledges our queued bytes as they arrive while its application reads them
-/// at once, shows it, with or without bytes still waiting on our side.
+/// Whether the peer kept taking our bytes between two looks at its kernel, beyond `ours`, the
+/// bytes of our own pings sent in between:
+/// - its kernel acknowledged bytes that were already on their way or waiting to be sent at the
+///   look: a client on a slow link, whose kernel acknowledges our queued bytes as they arrive
+///   through the bottleneck, with none left unsent on our side;
+/// - its window grew while we had bytes waiting for it: a reader whose full buffer it read;
+/// - during loss recovery, where the cumulative acknowledgement waits for a retransmission
+///   queued behind everything at the bottleneck, segments it SACKed;
+/// - or it was given nothing to take: at the expiry nothing of ours is on its way, though
+///   bytes (our ping among them) wait unsent and its window is open. Our own stack holds them
+///   (seen in a load test that starved the kernel's packet work of CPU: 50 KB unsent for
+///   150 ms, the window at 700 KB); a frozen peer's window fills, a vanished host leaves
+///   bytes unacknowledged.
 ///
-/// Our pings never count: while a receive buffer is mostly empty, Linux advertises a window
-/// capped at a threshold (`rcv_ssthresh`), not the room left, so the edge moves with every
-/// byte that arrives, read or not, and a frozen peer's edge moves by our pings. Data arriving
-/// there moves it the same way: such a peer counts as taking bytes, as it does, until its
-/// buffer fills.
-///
-/// During loss recovery the cumulative acknowledgement, and with it the edge, waits for the
-/// retransmission, which queues behind everything at the bottleneck (seconds on a slow link).
-/// Segments SACKed meanwhile, more than our pings could be, show the peer's host taking what
-/// arrives.
+/// Bytes that arrive after the look prove nothing, nor does a window growing meanwhile: while a
+/// buffer is mostly empty, Linux advertises a window capped at a threshold that grows as data
+/// arrives (`rcv_ssthresh`), read or not. A frozen client that was sent a 1 KiB message during
+/// the look showed both, and lived a second cycle.
 fn peer_read(then: wsbeat_tcpinfo::Delivery, now: wsbeat_tcpinfo::Delivery, ours: u64) -> bool {
-    let edge = |d: wsbeat_tcpinfo::Delivery| d.acked + u64::from(d.window);
+    let waiting = then.unacked + u64::from(then.unsent);
+    let took = now.acked.saturating_sub(then.acked).min(waiting);
+    let reopened = then.unsent > 0 && now.window > then.window;
     let sacked = u64::from(now.delivered.wrapping_sub(then.delivered));
     let recovering = now.acked == then.acked && sacked * MAX_PING_FRAME > ours;
-    edge(now) > edge(then) + ours || recovering
+    let held_here = now.unacked == 0 && now.unsent > 0 && now.window > 0;
+    took > ours || reopened || recovering || held_here
 }
 
 /// A look at the kernel's view of a silent leg: how far its peer had read when we looked, and
@@ -928,6 +932,9 @@ where
                     window_now = d.window,
                     unsent_then = k.seen.unsent,
                     acked = d.acked.saturating_sub(k.seen.acked),
+                    unacked_then = k.seen.unacked,
+                    unacked_now = d.unacked,
+                    unsent_now = d.unsent,
                     delivered = d.delivered.wrapping_sub(k.seen.delivered),
                     "silent peer: what its kernel showed between the look and the expiry"
                 );

@@ -569,32 +569,54 @@ async fn each_open_leg_gets_the_shutdown_grace_in_turn() {
 /// What the kernel's view at a silent peer's expiry says, against the view at the look, for
 /// the peers the liveness rules are about. Figures are from debug logs of real runs.
 #[test]
-fn peer_read_follows_the_right_edge_of_the_window_beyond_our_pings() {
-    let view = |acked, window, delivered| wsbeat_tcpinfo::Delivery {
+fn peer_read_counts_bytes_taken_that_waited_at_the_look_beyond_our_pings() {
+    let view = |acked, unacked, unsent, window, delivered| wsbeat_tcpinfo::Delivery {
         window,
         acked,
-        unsent: 0,
+        unacked,
+        unsent,
         delivered,
     };
-    let then = view(1_000_000, 168_960, 700);
-    let two_pings = 2 * MAX_PING_FRAME;
-    // A client behind a 64 KiB/s link: 8688 bytes acknowledged in 150 ms, all read at once, so
-    // the window stayed; nothing was waiting on our side.
-    assert!(peer_read(then, view(1_008_688, 168_960, 706), two_pings));
-    // A loopback upstream that read a little: 2896 bytes taken, the window 3072 larger.
-    assert!(peer_read(then, view(1_002_896, 172_032, 701), two_pings));
-    // A frozen client: its kernel took our 10-byte ping, and the window shrank by as much...
-    assert!(!peer_read(then, view(1_000_010, 168_950, 701), two_pings));
-    // ...or stayed at its threshold, the buffer being mostly empty: two pings, 20 bytes.
-    assert!(!peer_read(then, view(1_000_020, 168_960, 702), two_pings));
-    // A frozen client still taking a frame: the window shrank by all it took.
-    assert!(!peer_read(then, view(1_050_000, 118_960, 735), two_pings));
-    // Nothing at all.
-    assert!(!peer_read(then, then, two_pings));
-    // A slow reader whose window reopened, nothing acknowledged.
-    assert!(peer_read(then, view(1_000_000, 200_000, 700), two_pings));
+    let ours = 2 * MAX_PING_FRAME;
+    // A client behind a 64 KiB/s link: 40 KB in the bottleneck's queue, none unsent; 8688
+    // bytes acknowledged in 150 ms, the window unchanged.
+    let link = view(1_000_000, 40_000, 0, 168_960, 700);
+    assert!(peer_read(
+        link,
+        view(1_008_688, 31_312, 0, 168_960, 706),
+        ours
+    ));
+    // A loopback upstream that read a little of what waited.
+    let up = view(1_000_000, 0, 50_000, 121_856, 700);
+    assert!(peer_read(
+        up,
+        view(1_002_896, 0, 47_104, 124_928, 701),
+        ours
+    ));
+    // A frozen client: its kernel took our ping, the window at its threshold.
+    let frozen = view(1_000_000, 0, 0, 64_984, 700);
+    assert!(!peer_read(frozen, view(1_000_020, 0, 0, 64_984, 702), ours));
+    // The same, sent a 1 KiB message after the look: taken at once, and the threshold grew.
+    assert!(!peer_read(frozen, view(1_001_048, 0, 0, 67_846, 703), ours));
+    // A frozen client behind a full window: nothing moves.
+    let full = view(1_000_000, 0, 47_388, 0, 700);
+    assert!(!peer_read(full, full, ours));
+    // A reader that read its full buffer: the window reopened.
+    assert!(peer_read(
+        full,
+        view(1_000_000, 0, 47_388, 131_072, 700),
+        ours
+    ));
     // Loss recovery: the cumulative acknowledgement waits, arrivals are SACKed...
-    assert!(peer_read(then, view(1_000_000, 168_960, 706), two_pings));
+    assert!(peer_read(
+        link,
+        view(1_000_000, 40_000, 0, 168_960, 706),
+        ours
+    ));
     // ...but our two pings SACKed behind a hole are not enough.
-    assert!(!peer_read(then, view(1_000_000, 168_960, 702), two_pings));
+    assert!(!peer_read(
+        link,
+        view(1_000_000, 40_000, 0, 168_960, 702),
+        ours
+    ));
 }

@@ -18,6 +18,9 @@ pub struct Delivery {
     pub window: u32,
     /// Bytes of ours the peer's kernel acknowledged cumulatively.
     pub acked: u64,
+    /// Bytes sent and not acknowledged yet: on their way to the peer (on a slow link, in the
+    /// bottleneck's queue).
+    pub unacked: u64,
     /// Segments of ours the peer's kernel confirmed, selectively acknowledged ones included.
     /// After a loss, the cumulative acknowledgement stands still until the retransmission
     /// arrives, behind everything queued at the bottleneck (seconds on a slow link), while
@@ -58,6 +61,8 @@ pub fn delivery(fd: BorrowedFd<'_>) -> io::Result<Option<Delivery>> {
     Ok(Some(Delivery {
         window: info.tcpi_snd_wnd,
         acked: info.tcpi_bytes_acked,
+        unacked: (info.tcpi_bytes_sent.saturating_sub(info.tcpi_bytes_retrans))
+            .saturating_sub(info.tcpi_bytes_acked),
         delivered: info.tcpi_delivered,
         unsent: info.tcpi_notsent_bytes,
     }))
