@@ -33,6 +33,10 @@ use super::pool::BUF_SIZE;
 const PIPE_SIZE: usize = 256 << 10;
 /// Pipes kept per thread once their frame is done.
 const POOL_CAP: usize = 8;
+/// Pipes kept idle in all threads' pools together: a thread can take only from its own pool,
+/// so with 8 relay threads or more, full pools could hold every pipe the cap allows while
+/// another thread copies. Half the cap always remains to be made by whichever thread needs it.
+const POOLED_CAP: usize = MAX_PIPES / 2;
 /// Pipes that may exist at once, pooled or in use: their descriptors come out of
 /// [`crate::net::RESERVED_FDS`], so that sessions at `--max-connections` all splicing never
 /// run wsbeat out of descriptors. Frames beyond it are copied.
@@ -40,12 +44,27 @@ pub(crate) const MAX_PIPES: usize = 64;
 
 /// Pipes that exist now.
 static PIPES: AtomicUsize = AtomicUsize::new(0);
+/// Of those, pipes idle in a pool.
+static POOLED: AtomicUsize = AtomicUsize::new(0);
 /// Bytes one pipe slot holds when user space writes into it.
 const PAGE: usize = 4096;
 
 thread_local! {
-    #[expect(clippy::vec_box, reason = "a pump holds its pipe boxed; the pool keeps the boxes")]
-    static POOL: RefCell<Vec<Box<Pipe>>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Pool> = const { RefCell::new(Pool(Vec::new())) };
+}
+
+/// A thread's idle pipes; they are closed, and no longer counted in [`POOLED`], when the
+/// thread ends.
+#[expect(
+    clippy::vec_box,
+    reason = "a pump holds its pipe boxed; the pool keeps the boxes"
+)]
+struct Pool(Vec<Box<Pipe>>);
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        POOLED.fetch_sub(self.0.len(), Ordering::Relaxed);
+    }
 }
 
 /// A non-blocking pipe and what it holds.
@@ -65,7 +84,8 @@ impl Pipe {
     /// A pipe from this thread's pool, or a new one; `None` when [`MAX_PIPES`] exist or none
     /// can be made, and the frame then goes the buffered way.
     pub(crate) fn take() -> Option<Box<Pipe>> {
-        if let Some(pipe) = POOL.with(|p| p.borrow_mut().pop()) {
+        if let Some(pipe) = POOL.with(|p| p.borrow_mut().0.pop()) {
+            POOLED.fetch_sub(1, Ordering::Relaxed);
             return Some(pipe);
         }
         if PIPES.fetch_add(1, Ordering::Relaxed) >= MAX_PIPES {
@@ -98,16 +118,20 @@ impl Pipe {
         })
     }
 
-    /// Gives an empty pipe back to the pool; one that still holds bytes is closed with them.
+    /// Gives an empty pipe back to this thread's pool while it and all pools together have
+    /// room; otherwise, or when it still holds bytes, the pipe is closed.
     pub(crate) fn give(pipe: Box<Pipe>) {
-        if pipe.held == 0 {
-            POOL.with(|p| {
-                let mut p = p.borrow_mut();
-                if p.len() < POOL_CAP {
-                    p.push(pipe);
-                }
-            });
+        if pipe.held != 0 {
+            return;
         }
+        POOL.with(|p| {
+            let p = &mut p.borrow_mut().0;
+            if p.len() < POOL_CAP && POOLED.fetch_add(1, Ordering::Relaxed) < POOLED_CAP {
+                p.push(pipe);
+            } else if p.len() < POOL_CAP {
+                POOLED.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
     }
 
     /// Bytes in the pipe.
@@ -216,13 +240,55 @@ mod tests {
     use super::*;
 
     /// No more than [`MAX_PIPES`] exist, and their descriptors take at most half the reserve
-    /// kept out of `--max-connections`.
+    /// kept out of `--max-connections`. Pools on other threads never hold more than half of
+    /// them: 16 relay threads that each finished a burst of frames leave this one half the cap.
+    /// (One test: the counts are global, and tests run in parallel.)
     #[test]
-    fn pipes_are_capped_within_the_descriptor_reserve() {
+    fn pipes_are_capped_within_the_descriptor_reserve_and_pools_leave_half() {
         assert!(2 * MAX_PIPES as u64 <= crate::net::RESERVED_FDS / 2);
         let pipes: Vec<_> = std::iter::from_fn(Pipe::take).take(MAX_PIPES + 1).collect();
         assert_eq!(pipes.len(), MAX_PIPES, "the cap held");
         drop(pipes);
         assert!(Pipe::take().is_some(), "closed pipes are no longer counted");
+
+        let (parked, all_parked) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let parked = parked.clone();
+                std::thread::spawn(move || {
+                    let burst: Vec<_> = std::iter::from_fn(Pipe::take).take(POOL_CAP).collect();
+                    burst.into_iter().for_each(Pipe::give);
+                    parked.send(()).expect("the test waits");
+                    // Idle, as a relay thread between frames, with its pool.
+                    std::thread::park_timeout(std::time::Duration::from_secs(10));
+                })
+            })
+            .collect();
+        for _ in &threads {
+            let wait = std::time::Duration::from_secs(10);
+            all_parked.recv_timeout(wait).expect("a pool thread");
+        }
+        assert_eq!(
+            POOLED.load(Ordering::Relaxed),
+            POOLED_CAP,
+            "the pools filled to their cap"
+        );
+        let here: Vec<_> = std::iter::from_fn(Pipe::take).take(MAX_PIPES).collect();
+        assert_eq!(
+            here.len(),
+            MAX_PIPES - POOLED_CAP,
+            "what the pools hold is the rest"
+        );
+        drop(here);
+        for t in threads {
+            t.thread().unpark();
+            t.join().expect("a pool thread");
+        }
+        assert_eq!(
+            POOLED.load(Ordering::Relaxed),
+            0,
+            "ended threads' pools are closed"
+        );
+        assert_eq!(PIPES.load(Ordering::Relaxed), 0, "and no pipe is left");
     }
 }
