@@ -35,11 +35,14 @@
 //!   verdict stands if reading what already sits in its socket shows no life.
 //! - Ask the kernel: bytes already handed to the kernel sit between our ping and the peer, and
 //!   a slow reader answers only once it has read them. Half a timeout before a silent peer
-//!   expires, we note the receive window it advertised (`TCP_INFO`, [`PeerDelivery`]) and send
-//!   an extra ping, whose acknowledgement brings that window up to date. At the expiry,
-//!   bytes taken that were already waiting at the look, or a window that grew while bytes
-//!   waited for it, mean the peer kept taking: it is kept (see [`peer_read`]). A peer that does not read never moves it. If we were starved
-//!   past the look, we look at the expiry and decide half a timeout later, once.
+//!   expires, we note the kernel's view of it (`TCP_INFO`, [`PeerDelivery`]) and send an extra
+//!   ping, whose acknowledgement brings that view up to date. At the expiry, bytes taken that
+//!   were already waiting at the look, or a window that grew while bytes waited for it, mean
+//!   the peer kept taking: it is kept (see [`peer_read`] for what else counts, and what a
+//!   window cannot tell). If we were starved past the look, we look at the
+//!   expiry and decide half a timeout later, once.
+//! - A ping that waits for the end of a frame still coming from the other leg does not count
+//!   against a leg whose kernel acknowledged every byte we wrote to it.
 //!
 //! Layout: [`leg`] holds a leg's state as enums (what may still be read, how far the close
 //! toward it has come), [`pump`] one direction's buffer and framing, [`direction`] the I/O of
@@ -242,29 +245,32 @@ const MAX_PING_FRAME: u64 = 14;
 /// Whether the peer kept taking our bytes between two looks at its kernel, beyond `ours`, the
 /// bytes of our own pings sent in between:
 /// - its kernel acknowledged bytes that were already on their way or waiting to be sent at the
-///   look: a client on a slow link, whose kernel acknowledges our queued bytes as they arrive
-///   through the bottleneck, with none left unsent on our side;
-/// - its window grew while we had bytes waiting for it: a reader whose full buffer it read;
+///   look: a client on a slow link acknowledges our queued bytes as they come through the
+///   bottleneck;
+/// - its window grew while we had bytes waiting for it: a reader that read its full buffer;
 /// - during loss recovery, where the cumulative acknowledgement waits for a retransmission
-///   queued behind everything at the bottleneck, segments it SACKed;
+///   queued behind everything at the bottleneck, it SACKed segments;
 /// - or it was given nothing to take: at the expiry nothing of ours is on its way, though
-///   bytes (our ping among them) wait unsent and its window is open. Our own stack holds them
-///   (seen in a load test that starved the kernel's packet work of CPU: 50 KB unsent for
-///   150 ms, the window at 700 KB); a frozen peer's window fills, a vanished host leaves
-///   bytes unacknowledged.
+///   bytes (our ping among them) wait unsent in a window of a segment or more. Our own stack
+///   holds them (seen in a load test that starved the kernel's packet work of CPU: 50 KB
+///   unsent for 150 ms, the window at 700 KB). A frozen peer's window closes, a vanished
+///   host leaves bytes unacknowledged.
 ///
-/// Bytes that arrive after the look prove nothing, nor does a window growing meanwhile: while a
-/// buffer is mostly empty, Linux advertises a window capped at a threshold that grows as data
-/// arrives (`rcv_ssthresh`), read or not. A frozen client that was sent a 1 KiB message during
-/// the look showed both, and lived a second cycle.
+/// Bytes that arrive after the look prove nothing: a mostly empty buffer takes them, and Linux
+/// grows the window it advertises as data arrives (`rcv_ssthresh`), read or not. A frozen peer
+/// that data keeps reaching counts as taking it until its buffer is full, as TCP cannot tell
+/// it from a live one before: requiring its window to keep its size as well dropped a live
+/// client behind a 64 KiB/s link whose reading lagged for a moment, and found a frozen one no
+/// sooner (its buffer filled first). One sent nothing but our pings is found on time.
 fn peer_read(then: wsbeat_tcpinfo::Delivery, now: wsbeat_tcpinfo::Delivery, ours: u64) -> bool {
     let waiting = then.unacked + u64::from(then.unsent);
     let took = now.acked.saturating_sub(then.acked).min(waiting);
+    let read = took > ours;
     let reopened = then.unsent > 0 && now.window > then.window;
     let sacked = u64::from(now.delivered.wrapping_sub(then.delivered));
     let recovering = now.acked == then.acked && sacked * MAX_PING_FRAME > ours;
-    let held_here = now.unacked == 0 && now.unsent > 0 && now.window > 0;
-    took > ours || reopened || recovering || held_here
+    let held_here = now.unacked == 0 && now.unsent > 0 && now.window >= now.mss.max(1);
+    read || reopened || recovering || held_here
 }
 
 /// A look at the kernel's view of a silent leg: how far its peer had read when we looked, and
@@ -273,8 +279,8 @@ fn peer_read(then: wsbeat_tcpinfo::Delivery, now: wsbeat_tcpinfo::Delivery, ours
 struct KernelLook {
     /// What the kernel said when we looked.
     seen: wsbeat_tcpinfo::Delivery,
-    /// The heartbeat's ping count before the look's extra ping: our own pings since then move
-    /// the peer's window edge without proving anything.
+    /// The heartbeat's ping count before the look's extra ping: the peer's kernel takes our own
+    /// pings whether or not it reads, so they prove nothing.
     pings: u64,
     /// The expiry of the heartbeat probe this look is for.
     expiry: Instant,
@@ -782,9 +788,19 @@ where
     /// the leg was dropped.
     fn on_heartbeat_due(&mut self, side: Side, now: Instant, confirmed: bool) -> bool {
         let timer = Timer::heartbeat(side);
-        let (leg, from_pump, to_pump) = match side {
-            Side::Client => (&mut self.client.st, &self.c2u, &self.u2c),
-            Side::Upstream => (&mut self.upstream.st, &self.u2c, &self.c2u),
+        let (waits, to_pump) = match side {
+            Side::Client => (self.client.st.hb.ping_waits(), &self.u2c),
+            Side::Upstream => (self.upstream.st.hb.ping_waits(), &self.c2u),
+        };
+        // The kernel is asked (a system call) only in that rare case.
+        let not_its_doing = waits
+            && to_pump.awaits_source()
+            && self
+                .delivery(side)
+                .is_some_and(|d| d.unacked == 0 && d.unsent == 0);
+        let (leg, from_pump) = match side {
+            Side::Client => (&mut self.client.st, &self.c2u),
+            Side::Upstream => (&mut self.upstream.st, &self.u2c),
         };
         if leg.is_dropped() {
             self.timers.stop(timer);
@@ -795,10 +811,12 @@ where
             // proof of life we have not looked at yet.
             leg.hb.on_activity();
         }
-        if leg.hb.ping_waits() && to_pump.awaits_source() {
+        if not_its_doing {
             // Our ping waits for the end of a frame from the other leg that has not all come
-            // yet (a client uploading over a slow link), and this leg took every byte we had:
-            // the wait is not its doing. Its timeout starts when the ping goes out.
+            // yet (a client uploading over a slow link), and this leg's kernel acknowledged
+            // every byte we wrote: the wait is not its doing, and it is taking bytes. Its
+            // timeout starts when the ping goes out. A vanished host leaves bytes
+            // unacknowledged; a frozen peer, once its buffer is full, bytes unsent.
             leg.hb.on_activity();
         }
         let action = leg.hb.handle_timeout(self.cfg.heartbeat(side), now);
@@ -866,9 +884,9 @@ where
         self.info.on_ping(side);
     }
 
-    /// Half a timeout before a silent peer expires, notes the receive window its kernel last
-    /// advertised, and sends an extra ping: the peer's kernel acknowledges it with the window
-    /// as it is then, so at the expiry a grown window shows that the peer read in between.
+    /// Half a timeout before a silent peer expires, notes the kernel's view of it and sends an
+    /// extra ping: the peer's kernel acknowledges it with its window as it is then, so that at
+    /// the expiry the view is up to date (see [`peer_read`]).
     fn look_at_kernel(&mut self, side: Side, now: Instant) {
         let Some((look_at, expiry)) = self.kernel_look(side) else {
             return;

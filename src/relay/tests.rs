@@ -576,14 +576,22 @@ fn peer_read_counts_bytes_taken_that_waited_at_the_look_beyond_our_pings() {
         unacked,
         unsent,
         delivered,
+        mss: 1448,
     };
     let ours = 2 * MAX_PING_FRAME;
     // A client behind a 64 KiB/s link: 40 KB in the bottleneck's queue, none unsent; 8688
-    // bytes acknowledged in 150 ms, the window unchanged.
+    // bytes acknowledged in 150 ms and read at once, the window unchanged.
     let link = view(1_000_000, 40_000, 0, 168_960, 700);
     assert!(peer_read(
         link,
         view(1_008_688, 31_312, 0, 168_960, 706),
+        ours
+    ));
+    // The same client frozen: its kernel still takes what comes through until its buffer is
+    // full, and nothing tells it from a live one before.
+    assert!(peer_read(
+        link,
+        view(1_008_688, 31_312, 0, 160_272, 706),
         ours
     ));
     // A loopback upstream that read a little of what waited.
@@ -619,4 +627,13 @@ fn peer_read_counts_bytes_taken_that_waited_at_the_look_beyond_our_pings() {
         view(1_000_000, 40_000, 0, 168_960, 702),
         ours
     ));
+    // Our stack held everything back: nothing in flight, bytes unsent, the window open.
+    let held = view(1_000_000, 0, 50_680, 719_872, 700);
+    assert!(peer_read(held, held, ours));
+    // Not when the window is under a segment: the kernel waits for it to open.
+    let narrow = view(1_000_000, 0, 50_680, 1_000, 700);
+    assert!(!peer_read(narrow, narrow, ours));
+    // A vanished host: bytes in flight stay unacknowledged.
+    let gone = view(1_000_000, 2_896, 50_680, 719_872, 700);
+    assert!(!peer_read(gone, gone, ours));
 }

@@ -28,6 +28,8 @@ pub struct Delivery {
     pub delivered: u32,
     /// Bytes written to the socket and not yet sent.
     pub unsent: u32,
+    /// The segment size toward the peer, in bytes.
+    pub mss: u32,
 }
 
 /// Reads [`Delivery`] for the TCP socket `fd`. `Ok(None)` when the kernel is too old to report
@@ -58,13 +60,25 @@ pub fn delivery(fd: BorrowedFd<'_>) -> io::Result<Option<Delivery>> {
     if (len as usize) < needed {
         return Ok(None);
     }
+    // Bytes in the send queue, sent or not (SIOCOUTQ, which Linux numbers as TIOCOUTQ):
+    // `snd_nxt - snd_una` is this less the unsent ones. The byte counters of `tcp_info` cannot
+    // give it: a segment a local queue drops is counted as sent, then sent again as new.
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one `int` through the pointer, which is valid for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let unsent = info.tcpi_notsent_bytes;
     Ok(Some(Delivery {
         window: info.tcpi_snd_wnd,
         acked: info.tcpi_bytes_acked,
-        unacked: (info.tcpi_bytes_sent.saturating_sub(info.tcpi_bytes_retrans))
-            .saturating_sub(info.tcpi_bytes_acked),
+        unacked: u64::try_from(queued)
+            .unwrap_or(0)
+            .saturating_sub(u64::from(unsent)),
         delivered: info.tcpi_delivered,
-        unsent: info.tcpi_notsent_bytes,
+        unsent,
+        mss: info.tcpi_snd_mss,
     }))
 }
 
@@ -87,7 +101,7 @@ mod tests {
         let mut last = None;
         for _ in 0..400 {
             let d = delivery(tx.as_fd()).unwrap().expect("Linux 5.4 or later");
-            if last == Some(d) && d.unsent == 0 {
+            if last == Some(d) && d.unsent == 0 && d.unacked == 0 {
                 return d;
             }
             last = Some(d);
