@@ -431,7 +431,7 @@ async fn load(links: &SlowLinks) {
          slowest after {slowest:?}; CPU hog spun {spins} times",
         dead.len()
     );
-    // 300 ms + 1 s + one 19 ms grid step, plus slack for a loaded two-core machine.
+    // 300 ms + 300 ms + one 19 ms grid step, plus slack for a loaded two-core machine.
     let bound = ms(300 + 300 + 19) + DETECTION_MARGIN;
     assert!(
         slowest <= bound,

@@ -463,6 +463,114 @@ async fn slow_client_stays_open(test: &str, flags: &[String], slow: Slow, window
     sender.abort();
 }
 
+/// A client behind a slow link that freezes (SIGSTOP) while large messages stream through to
+/// it. Its kernel keeps acknowledging what the link delivers until its receive buffer is full,
+/// as a live client's does, and its window shrinks by less than it takes (Linux reckons the
+/// window from buffer memory, which these packets use sparingly): nothing tells it from a live
+/// reader before the buffer is full. The upstream gets 1001 within the time that buffer takes
+/// to fill at the link's rate plus an idle frozen client's bound.
+#[tokio::test]
+async fn client_frozen_behind_a_slow_link_mid_stream_is_found_once_its_buffer_is_full() {
+    let test = "frozen_behind_link";
+    let Some((ns, python)) = prerequisites(test) else {
+        return;
+    };
+    let Slow::Link(rate) = SLOW_LINK else {
+        unreachable!("a link")
+    };
+    if !ns.slow_link(test, rate) {
+        return;
+    }
+    let interval = Duration::from_millis(300);
+    let flags = client_heartbeat(interval, interval);
+    let reading = Reading {
+        rate: 0,
+        rcvbuf: FROZEN_RCVBUF,
+    };
+    let (_wsbeat, mut client, up) = client_in_namespace(&ns, &python, &flags, reading).await;
+    let (mut sink, mut up) = up.split();
+    let sender = tokio::spawn(async move {
+        for _ in 0..64 {
+            let message = Message::binary(pattern(SLOW_READER_MESSAGE));
+            if sink.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    // Well into the stream: its buffers and the link's queue are full of it.
+    client.read_at_least(512 << 10, 4 * STEP).await;
+    // Linux doubles SO_RCVBUF for its bookkeeping.
+    let fill = Duration::from_secs_f64(f64::from(2 * FROZEN_RCVBUF) / rate as f64);
+    let bound = fill + interval + interval + grid(interval);
+    let (reason, took) = close_after(|| client.freeze(), &mut up, 1001, bound).await;
+    assert_timed_out(&reason);
+    eprintln!("measured: frozen behind a {rate} B/s link, found after {took:?}");
+    sender.abort();
+}
+
+/// The receive buffer of the client that freezes behind a slow link.
+const FROZEN_RCVBUF: u32 = 128 << 10;
+
+/// The upstream trickles a large frame toward the client (64 bytes every 20 ms), so that the
+/// client's ping waits for a frame end that is slow to come. While the client's kernel
+/// acknowledges every byte, that wait is not held against it; once its host vanishes, the
+/// trickled bytes stay unacknowledged and the upstream gets 1001 within the idle bound.
+#[tokio::test]
+async fn client_host_vanishing_while_a_frame_trickles_toward_it_is_found_within_the_bound() {
+    let Some((ns, python)) = prerequisites("client_host_vanishing_mid_trickle") else {
+        return;
+    };
+    let flags = client_heartbeat(PING_INTERVAL, PONG_TIMEOUT);
+    let (_wsbeat, _client, up) =
+        client_in_namespace(&ns, &python, &flags, Reading::FULL_SPEED).await;
+    let (mut rd, mut wr) = tokio::io::split(up.into_inner());
+    let trickle = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        // A 1 MiB binary frame's header (127: a 64-bit length follows), then its payload.
+        let mut head = vec![0x82, 127];
+        head.extend_from_slice(&(1u64 << 20).to_be_bytes());
+        wr.write_all(&head).await.expect("frame header");
+        for _ in 0..(1 << 20) / 64 {
+            if wr.write_all(&[0x5A; 64]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let close = async {
+        loop {
+            match read_frame(&mut rd).await {
+                Ok(Some(f)) if f.opcode == OP_CLOSE => return Some(f),
+                Ok(Some(_)) => {}
+                _ => return None,
+            }
+        }
+    };
+    tokio::pin!(close);
+    // Alive while its kernel takes the trickle, though no ping can reach it.
+    let alive_for = 3 * (PING_INTERVAL + PONG_TIMEOUT);
+    if let Ok(f) = tokio::time::timeout(alive_for, &mut close).await {
+        panic!("closed while the client was alive: {f:?}");
+    }
+    ns.vanish();
+    let vanished = Instant::now();
+    let bound = PING_INTERVAL + PONG_TIMEOUT + grid(PING_INTERVAL.min(PONG_TIMEOUT));
+    let f = within(bound + STEP, "the close after the host vanished", close)
+        .await
+        .expect("a close frame");
+    let took = vanished.elapsed();
+    eprintln!(
+        "measured: close {:?} after {took:?} (bound {bound:?})",
+        f.close_code()
+    );
+    assert_eq!(f.close_code(), Some(1001), "{}", f.close_reason());
+    assert!(
+        took <= bound + SLACK,
+        "close after {took:?}, bound {bound:?} + {SLACK:?}"
+    );
+    trickle.abort();
+}
+
 /// How fast the slow reader reads (bytes per second; default buffers, as on a phone), and what
 /// the upstream sends it.
 const SLOW_READER: Reading = Reading {

@@ -351,6 +351,13 @@ impl Drop for Netns {
         if !left.trim().is_empty() {
             eprintln!("cleanup: sockets toward {peer} survived `ss -K`:\n{left}");
         }
+        // The peer's own sockets, orphaned in the namespace (its host vanished with them
+        // unacknowledged), would keep the namespace, its link and the /30 route alive for
+        // minutes after `ip netns del`.
+        let inside = ["netns", "exec", &self.name, "ss", "-K", "-t", "-a"];
+        if let Err(e) = run("ip", &inside) {
+            eprintln!("cleanup: {e}");
+        }
         if let Err(e) = run("ip", &["netns", "del", &self.name]) {
             eprintln!("cleanup: {e}");
         }
@@ -480,7 +487,7 @@ pub struct SlowLinks {
     name: String,
     /// Per link: the root namespace's end (where wsbeat listens) and the client's address.
     pub links: Vec<(Ipv4Addr, Ipv4Addr)>,
-    /// The /21 the links' /30s come from.
+    /// The /21 the links' /30s come from, claimed by a route of its own.
     block: String,
 }
 
@@ -507,21 +514,20 @@ impl SlowLinks {
             panic!("{test}: cannot fence off {range}: {e}");
         }
         let pid = std::process::id();
-        let routes = std::process::Command::new("ip")
-            .args(["-4", "route", "show"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        let Some(third) = (0..32u32).map(|i| ((pid + i) % 32) * 8).find(|third| {
-            !routes.contains(&format!("{}.{}.{third}.", LINKS_BASE[0], LINKS_BASE[1]))
-        }) else {
+        // A /21 is claimed with a route of its own: adding it fails if another test process
+        // holds it. The links' /30s are more specific and win while they exist.
+        let claim = |third: u32| format!("{}.{}.{third}.0/21", LINKS_BASE[0], LINKS_BASE[1]);
+        let Some(third) = (0..32u32)
+            .map(|i| ((pid + i) % 32) * 8)
+            .find(|&third| run("ip", &["route", "add", "unreachable", &claim(third)]).is_ok())
+        else {
             panic!("{test}: no free /21 in {range} for slow links");
         };
         let base = u32::from(Ipv4Addr::new(LINKS_BASE[0], LINKS_BASE[1], third as u8, 0));
         let mut slow = SlowLinks {
             name: format!("wsbeat-links-{pid}"),
             links: Vec::new(),
-            block: format!("{}/21", Ipv4Addr::from(base)),
+            block: claim(third),
         };
         if let Err(e) = run("ip", &["netns", "add", &slow.name]) {
             skip_or_fail(test, &format!("cannot create a network namespace: {e}"));
@@ -593,6 +599,9 @@ impl Drop for SlowLinks {
             eprintln!("cleanup: {e}");
         }
         if let Err(e) = run("ip", &["netns", "del", &self.name]) {
+            eprintln!("cleanup: {e}");
+        }
+        if let Err(e) = run("ip", &["route", "del", "unreachable", &self.block]) {
             eprintln!("cleanup: {e}");
         }
     }
