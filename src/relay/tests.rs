@@ -579,61 +579,85 @@ fn peer_read_counts_bytes_taken_that_waited_at_the_look_beyond_our_pings() {
         mss: 1448,
     };
     let ours = 2 * MAX_PING_FRAME;
-    // A client behind a 64 KiB/s link: 40 KB in the bottleneck's queue, none unsent; 8688
-    // bytes acknowledged in 150 ms and read at once, the window unchanged.
     let link = view(1_000_000, 40_000, 0, 168_960, 700);
-    assert!(peer_read(
-        link,
-        view(1_008_688, 31_312, 0, 168_960, 706),
-        ours
-    ));
-    // The same client frozen: its kernel still takes what comes through until its buffer is
-    // full, and nothing tells it from a live one before.
-    assert!(peer_read(
-        link,
-        view(1_008_688, 31_312, 0, 160_272, 706),
-        ours
-    ));
-    // A loopback upstream that read a little of what waited.
     let up = view(1_000_000, 0, 50_000, 121_856, 700);
-    assert!(peer_read(
-        up,
-        view(1_002_896, 0, 47_104, 124_928, 701),
-        ours
-    ));
-    // A frozen client: its kernel took our ping, the window at its threshold.
     let frozen = view(1_000_000, 0, 0, 64_984, 700);
-    assert!(!peer_read(frozen, view(1_000_020, 0, 0, 64_984, 702), ours));
-    // The same, sent a 1 KiB message after the look: taken at once, and the threshold grew.
-    assert!(!peer_read(frozen, view(1_001_048, 0, 0, 67_846, 703), ours));
-    // A frozen client behind a full window: nothing moves.
     let full = view(1_000_000, 0, 47_388, 0, 700);
-    assert!(!peer_read(full, full, ours));
-    // A reader that read its full buffer: the window reopened.
-    assert!(peer_read(
-        full,
-        view(1_000_000, 0, 47_388, 131_072, 700),
-        ours
-    ));
-    // Loss recovery: the cumulative acknowledgement waits, arrivals are SACKed...
-    assert!(peer_read(
-        link,
-        view(1_000_000, 40_000, 0, 168_960, 706),
-        ours
-    ));
-    // ...but our two pings SACKed behind a hole are not enough.
-    assert!(!peer_read(
-        link,
-        view(1_000_000, 40_000, 0, 168_960, 702),
-        ours
-    ));
-    // Our stack held everything back: nothing in flight, bytes unsent, the window open.
     let held = view(1_000_000, 0, 50_680, 719_872, 700);
-    assert!(peer_read(held, held, ours));
-    // Not when the window is under a segment: the kernel waits for it to open.
     let narrow = view(1_000_000, 0, 50_680, 1_000, 700);
-    assert!(!peer_read(narrow, narrow, ours));
-    // A vanished host: bytes in flight stay unacknowledged.
     let gone = view(1_000_000, 2_896, 50_680, 719_872, 700);
-    assert!(!peer_read(gone, gone, ours));
+    let cases = [
+        (
+            "a client behind a 64 KiB/s link, 40 KB in the bottleneck's queue and none unsent: \
+             8688 bytes acknowledged in 150 ms and read at once",
+            link,
+            view(1_008_688, 31_312, 0, 168_960, 706),
+            true,
+        ),
+        (
+            "the same client frozen: its kernel takes what comes through until its buffer is \
+             full, and nothing tells it from a live one before",
+            link,
+            view(1_008_688, 31_312, 0, 160_272, 706),
+            true,
+        ),
+        (
+            "a loopback upstream that read a little of what waited",
+            up,
+            view(1_002_896, 0, 47_104, 124_928, 701),
+            true,
+        ),
+        (
+            "a frozen client whose kernel took our pings, the window at its threshold",
+            frozen,
+            view(1_000_020, 0, 0, 64_984, 702),
+            false,
+        ),
+        (
+            "the same, sent a 1 KiB message after the look: taken at once, the threshold grew",
+            frozen,
+            view(1_001_048, 0, 0, 67_846, 703),
+            false,
+        ),
+        ("a frozen client behind a full window", full, full, false),
+        (
+            "a reader that read its full buffer: the window reopened",
+            full,
+            view(1_000_000, 0, 47_388, 131_072, 700),
+            true,
+        ),
+        (
+            "loss recovery: the cumulative acknowledgement waits, arrivals are SACKed",
+            link,
+            view(1_000_000, 40_000, 0, 168_960, 706),
+            true,
+        ),
+        (
+            "our two pings SACKed behind a hole",
+            link,
+            view(1_000_000, 40_000, 0, 168_960, 702),
+            false,
+        ),
+        (
+            "our stack held everything back: nothing in flight, bytes unsent, the window open",
+            held,
+            held,
+            true,
+        ),
+        (
+            "the same with a window under a segment",
+            narrow,
+            narrow,
+            false,
+        ),
+        (
+            "a vanished host: bytes in flight stay unacknowledged",
+            gone,
+            gone,
+            false,
+        ),
+    ];
+    for (what, then, now, kept) in cases {
+        assert_eq!(peer_read(then, now, ours), kept, "{what}");
+    }
 }

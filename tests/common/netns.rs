@@ -151,15 +151,7 @@ fn run_batch(program: &str, args: &[&str], input: &str) -> Result<(), String> {
     let out = child
         .wait_with_output()
         .map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    outcome(program, args, &out)
 }
 
 /// Runs `program args` to completion; its stderr on failure.
@@ -169,6 +161,11 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {program}: {e}"))?;
+    outcome(program, args, &out)
+}
+
+/// What a finished `program args` says: nothing, or its stderr when it failed.
+fn outcome(program: &str, args: &[&str], out: &std::process::Output) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
