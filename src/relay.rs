@@ -238,6 +238,13 @@ enum KernelVerdict {
     Silent,
 }
 
+/// Heartbeat events in a row at which a ping waiting for the other leg's frame is excused
+/// while that frame makes no progress toward the leg. A client uploading over a link whose
+/// other direction is queued seconds deep delivers in bursts: 0.4-0.6 s apart in the load
+/// test, where events come every 150-300 ms. A frame that stopped coming for good is held
+/// against the waiting leg after this many.
+const STALE_EXCUSES: u8 = 8;
+
 /// The most bytes one of our pings takes on the wire: a 2-byte header, a masking key toward
 /// the upstream, an 8-byte payload.
 const MAX_PING_FRAME: u64 = 14;
@@ -254,7 +261,8 @@ const MAX_PING_FRAME: u64 = 14;
 ///   bytes (our ping among them) wait unsent in a window of a segment or more. Our own stack
 ///   holds them (seen in a load test that starved the kernel's packet work of CPU: 50 KB
 ///   unsent for 150 ms, the window at 700 KB). A frozen peer's window closes, a vanished
-///   host leaves bytes unacknowledged.
+///   host leaves bytes unacknowledged, and a stack that cannot send at all (a route gone, a
+///   firewall) probes in vain, which rules this out.
 ///
 /// Bytes that arrive after the look prove nothing: a mostly empty buffer takes them, and Linux
 /// grows the window it advertises as data arrives (`rcv_ssthresh`), read or not. A frozen peer
@@ -269,7 +277,8 @@ fn peer_read(then: wsbeat_tcpinfo::Delivery, now: wsbeat_tcpinfo::Delivery, ours
     let reopened = then.unsent > 0 && now.window > then.window;
     let sacked = u64::from(now.delivered.wrapping_sub(then.delivered));
     let recovering = now.acked == then.acked && sacked * MAX_PING_FRAME > ours;
-    let held_here = now.unacked == 0 && now.unsent > 0 && now.window >= now.mss.max(1);
+    let held_here =
+        now.unacked == 0 && now.unsent > 0 && now.window >= now.mss.max(1) && now.probes == 0;
     read || reopened || recovering || held_here
 }
 
@@ -788,13 +797,15 @@ where
     /// the leg was dropped.
     fn on_heartbeat_due(&mut self, side: Side, now: Instant, confirmed: bool) -> bool {
         let timer = Timer::heartbeat(side);
-        let (waits, to_pump) = match side {
-            Side::Client => (self.client.st.hb.ping_waits(), &self.u2c),
-            Side::Upstream => (self.upstream.st.hb.ping_waits(), &self.c2u),
+        let (st, to_pump) = match side {
+            Side::Client => (&self.client.st, &self.u2c),
+            Side::Upstream => (&self.upstream.st, &self.c2u),
         };
+        let out = to_pump.delivered_out() as u32;
         // The kernel is asked (a system call) only in that rare case.
-        let not_its_doing = waits
+        let not_its_doing = st.hb.ping_waits()
             && to_pump.awaits_source()
+            && (out != st.excused_at || st.stale_excuses < STALE_EXCUSES)
             && self
                 .delivery(side)
                 .is_some_and(|d| d.unacked == 0 && d.unsent == 0);
@@ -813,10 +824,16 @@ where
         }
         if not_its_doing {
             // Our ping waits for the end of a frame from the other leg that has not all come
-            // yet (a client uploading over a slow link), and this leg's kernel acknowledged
-            // every byte we wrote: the wait is not its doing, and it is taking bytes. Its
-            // timeout starts when the ping goes out. A vanished host leaves bytes
-            // unacknowledged; a frozen peer, once its buffer is full, bytes unsent.
+            // yet (a client uploading over a slow link), and this leg keeps taking it, its
+            // kernel acknowledging every byte: the wait is not its doing. Its timeout starts
+            // when the ping goes out. A vanished host leaves bytes unacknowledged; a frozen
+            // peer, once its buffer is full, bytes unsent; and a frame that stops coming is
+            // held against the leg after `STALE_EXCUSES` (it takes no byte any more).
+            if out == leg.excused_at {
+                leg.stale_excuses += 1;
+            } else {
+                (leg.excused_at, leg.stale_excuses) = (out, 0);
+            }
             leg.hb.on_activity();
         }
         let action = leg.hb.handle_timeout(self.cfg.heartbeat(side), now);

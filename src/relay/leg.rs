@@ -121,6 +121,12 @@ pub(crate) struct LegState {
     /// bytes), with that instant: the reference a silent peer's reading is judged against.
     /// Boxed, as it exists only for legs that carry data.
     pub(crate) view_at_ping: Option<Box<(Instant, wsbeat_tcpinfo::Delivery)>>,
+    /// How far the output toward this leg had got (low 32 bits of
+    /// [`Pump::delivered_out`](super::pump::Pump::delivered_out)) when its waiting ping was
+    /// last excused.
+    pub(crate) excused_at: u32,
+    /// Excuses in a row since that output last moved (see `relay::STALE_EXCUSES`).
+    pub(crate) stale_excuses: u8,
 }
 
 impl LegState {
@@ -140,6 +146,8 @@ impl LegState {
             flush_owed: false,
             wrote_data: false,
             view_at_ping: None,
+            excused_at: 0,
+            stale_excuses: 0,
         }
     }
 

@@ -284,7 +284,7 @@ impl Pump {
     /// of the latest frame when older ones are still queued (writing them first costs nothing,
     /// they are buffered already), else to its end.
     pub(crate) fn out_until_boundary(&self) -> u64 {
-        let written = self.written - self.piped() as u64;
+        let written = self.delivered_out();
         if written < self.last_start {
             self.last_start - written
         } else if written == self.last_start || written >= self.last_end {
@@ -307,6 +307,11 @@ impl Pump {
     /// Output is waiting for the destination, in the pipe or in the buffer.
     pub(crate) fn has_output(&self) -> bool {
         self.wpos != self.ppos || self.piped() > 0
+    }
+
+    /// Output bytes written to the destination so far (not counting those still in the pipe).
+    pub(crate) fn delivered_out(&self) -> u64 {
+        self.written - self.piped() as u64
     }
 
     /// The destination took everything relayed so far, but the frame in progress is not

@@ -577,6 +577,7 @@ fn peer_read_counts_bytes_taken_that_waited_at_the_look_beyond_our_pings() {
         unsent,
         delivered,
         mss: 1448,
+        probes: 0,
     };
     let ours = 2 * MAX_PING_FRAME;
     let link = view(1_000_000, 40_000, 0, 168_960, 700);

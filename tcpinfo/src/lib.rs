@@ -30,12 +30,16 @@ pub struct Delivery {
     pub unsent: u32,
     /// The segment size toward the peer, in bytes.
     pub mss: u32,
+    /// Unanswered probes of the kernel's persist or keepalive timer: a send queue it cannot get
+    /// out, whatever the reason.
+    pub probes: u8,
 }
 
 /// Reads [`Delivery`] for the TCP socket `fd`. `Ok(None)` when the kernel is too old to report
 /// the peer's window (Linux before 5.4).
 #[cfg(target_os = "linux")]
 pub fn delivery(fd: BorrowedFd<'_>) -> io::Result<Option<Delivery>> {
+    let queued = send_queue(fd)?;
     let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: `info` is valid for writes of `len` bytes and outlives the call; the kernel
@@ -60,26 +64,32 @@ pub fn delivery(fd: BorrowedFd<'_>) -> io::Result<Option<Delivery>> {
     if (len as usize) < needed {
         return Ok(None);
     }
-    // Bytes in the send queue, sent or not (SIOCOUTQ, which Linux numbers as TIOCOUTQ):
-    // `snd_nxt - snd_una` is this less the unsent ones. The byte counters of `tcp_info` cannot
-    // give it: a segment a local queue drops is counted as sent, then sent again as new.
+    let unsent = info.tcpi_notsent_bytes;
+    Ok(Some(Delivery {
+        window: info.tcpi_snd_wnd,
+        acked: info.tcpi_bytes_acked,
+        // Read before `tcp_info`: acknowledgements in between make it too high, never too low.
+        unacked: queued.saturating_sub(u64::from(unsent)),
+        delivered: info.tcpi_delivered,
+        unsent,
+        mss: info.tcpi_snd_mss,
+        probes: info.tcpi_probes,
+    }))
+}
+
+/// Bytes in the send queue of the TCP socket `fd`, sent or not (SIOCOUTQ, which Linux numbers
+/// as TIOCOUTQ): `snd_nxt - snd_una` is this less the unsent ones. The byte counters of
+/// `tcp_info` cannot give it: a segment a local queue drops is counted as sent, then sent
+/// again as new.
+#[cfg(target_os = "linux")]
+pub fn send_queue(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut queued: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one `int` through the pointer, which is valid for the call.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    let unsent = info.tcpi_notsent_bytes;
-    Ok(Some(Delivery {
-        window: info.tcpi_snd_wnd,
-        acked: info.tcpi_bytes_acked,
-        unacked: u64::try_from(queued)
-            .unwrap_or(0)
-            .saturating_sub(u64::from(unsent)),
-        delivered: info.tcpi_delivered,
-        unsent,
-        mss: info.tcpi_snd_mss,
-    }))
+    Ok(u64::try_from(queued).unwrap_or(0))
 }
 
 /// Not Linux: the kernel's view is not available.
@@ -102,6 +112,20 @@ mod tests {
         for _ in 0..400 {
             let d = delivery(tx.as_fd()).unwrap().expect("Linux 5.4 or later");
             if last == Some(d) && d.unsent == 0 && d.unacked == 0 {
+                return d;
+            }
+            last = Some(d);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("the connection never settled: {last:?}");
+    }
+
+    /// Waits (bounded) until the view is stable with bytes still unsent.
+    fn settled_with_unsent(tx: &TcpStream) -> Delivery {
+        let mut last = None;
+        for _ in 0..400 {
+            let d = delivery(tx.as_fd()).unwrap().expect("Linux 5.4 or later");
+            if last == Some(d) && d.unacked == 0 {
                 return d;
             }
             last = Some(d);
@@ -141,6 +165,27 @@ mod tests {
             let deaf = settled(&tx);
             assert!(deaf.window <= unread.window, "no read, no growth: {deaf:?}");
         }
+        // Behind a closed window the queue holds what cannot be sent: all of it unsent, none
+        // in flight once the last segments were acknowledged.
+        tx.set_nonblocking(true).unwrap();
+        sent += tx.write(&[7u8; 64 * 1024]).unwrap_or(0);
+        tx.set_nonblocking(false).unwrap();
+        let full = settled_with_unsent(&tx);
+        let queued = send_queue(tx.as_fd()).unwrap();
+        assert!(
+            full.unsent > 0,
+            "the window closed before it all went: {full:?}"
+        );
+        assert_eq!(
+            queued,
+            u64::from(full.unsent),
+            "SIOCOUTQ counts what waits: {full:?}"
+        );
+        assert_eq!(full.unacked, 0, "{full:?}");
+        assert!(
+            0 < full.mss && full.mss <= 1448,
+            "the path's segment size: {full:?}"
+        );
         let mut buf = vec![0u8; sent];
         rx.read_exact(&mut buf).unwrap();
         // Reading need not send a window update by itself; the acknowledgement of our next
