@@ -491,6 +491,9 @@ pub struct SlowLinks {
 /// The links' /30s come from 10.251.0.0/16, a /21 (512 links) per test process.
 const LINKS_BASE: [u8; 2] = [10, 251];
 const LINKS_PER_BLOCK: usize = 512;
+/// Namespaces of slow links are named `wsbeat-links-PID-THIRD`: the test process that made it,
+/// and the third octet of its /21.
+const LINKS_NS_PREFIX: &str = "wsbeat-links-";
 
 impl SlowLinks {
     /// One link per entry of `rates` (bytes per second), or None (after saying why) when this
@@ -511,6 +514,7 @@ impl SlowLinks {
             panic!("{test}: cannot fence off {range}: {e}");
         }
         let pid = std::process::id();
+        SlowLinks::reclaim_stale();
         // A /21 is claimed with a route of its own: adding it fails if another test process
         // holds it. The links' /30s are more specific and win while they exist.
         let claim = |third: u32| format!("{}.{}.{third}.0/21", LINKS_BASE[0], LINKS_BASE[1]);
@@ -522,7 +526,7 @@ impl SlowLinks {
         };
         let base = u32::from(Ipv4Addr::new(LINKS_BASE[0], LINKS_BASE[1], third as u8, 0));
         let mut slow = SlowLinks {
-            name: format!("wsbeat-links-{pid}"),
+            name: format!("{LINKS_NS_PREFIX}{pid}-{third}"),
             links: Vec::new(),
             block: claim(third),
         };
@@ -556,6 +560,36 @@ impl SlowLinks {
             panic!("{test}: setting up {} slow links: {e}", rates.len());
         }
         Some(slow)
+    }
+
+    /// Deletes the namespaces and /21 claims of test processes that are gone without cleaning
+    /// up (killed): otherwise each would hold its /21 for good.
+    fn reclaim_stale() {
+        let Ok(list) = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&list.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Some((pid, third)) = name
+                .strip_prefix(LINKS_NS_PREFIX)
+                .and_then(|rest| rest.split_once('-'))
+            else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let block = format!("{}.{}.{third}.0/21", LINKS_BASE[0], LINKS_BASE[1]);
+            eprintln!("slow links: reclaiming {name} and {block}, left by a process that is gone");
+            let _ = run("ss", &["-K", "-t", "-a", "dst", &block]);
+            let _ = run("ip", &["netns", "del", name]);
+            let _ = run("ip", &["route", "del", "unreachable", &block]);
+        }
     }
 
     /// A TCP socket in the namespace, bound to link `i`'s client address: connected to that
