@@ -39,10 +39,11 @@
 //!   ping, whose acknowledgement brings that view up to date. At the expiry, bytes taken that
 //!   were already waiting at the look, or a window that grew while bytes waited for it, mean
 //!   the peer kept taking: it is kept (see [`peer_read`] for what else counts, and what a
-//!   window cannot tell). If we were starved past the look, we look at the
-//!   expiry and decide half a timeout later, once.
+//!   window cannot tell). If we were starved past the look, we look at the expiry and decide
+//!   half a timeout later, once.
 //! - A ping that waits for the end of a frame still coming from the other leg does not count
-//!   against a leg whose kernel acknowledged every byte we wrote to it.
+//!   against a leg that keeps taking that frame, its kernel acknowledging every byte we wrote
+//!   to it, nor for [`STALE_EXCUSES`] heartbeat events after the frame stops coming.
 //!
 //! Layout: [`leg`] holds a leg's state as enums (what may still be read, how far the close
 //! toward it has come), [`pump`] one direction's buffer and framing, [`direction`] the I/O of
@@ -925,25 +926,30 @@ where
             Some(v) if Some(v.0) == since => v.1,
             _ => d,
         };
-        self.start_look(
-            side,
-            now,
-            KernelLook {
-                seen,
-                pings: 0,
-                expiry,
-                verdict_at: expiry,
-            },
-        );
+        self.start_look(side, now, seen, expiry, expiry);
     }
 
-    /// Keeps `look` for `side`'s verdict and sends the extra ping whose acknowledgement brings
-    /// the peer's window up to date.
-    fn start_look(&mut self, side: Side, now: Instant, look: KernelLook) {
+    /// Keeps the look at `side`'s kernel (what it showed, for which expiry, when to judge) with
+    /// the ping count, and sends the extra ping whose acknowledgement brings the view up to
+    /// date.
+    fn start_look(
+        &mut self,
+        side: Side,
+        now: Instant,
+        seen: wsbeat_tcpinfo::Delivery,
+        expiry: Instant,
+        verdict_at: Instant,
+    ) {
         let hb = &mut self.leg_mut(side).hb;
         let pings = hb.pings();
         let payload = hb.new_ping(now);
-        self.kernel[side.index()] = Some(Box::new(KernelLook { pings, ..look }));
+        let look = KernelLook {
+            seen,
+            pings,
+            expiry,
+            verdict_at,
+        };
+        self.kernel[side.index()] = Some(Box::new(look));
         self.send_ping(side, &payload);
     }
 
@@ -995,13 +1001,7 @@ where
                 KernelVerdict::Silent
             }
             _ => {
-                let look = KernelLook {
-                    seen: d,
-                    pings: 0,
-                    expiry,
-                    verdict_at: now + (expiry - look_at),
-                };
-                self.start_look(side, now, look);
+                self.start_look(side, now, d, expiry, now + (expiry - look_at));
                 KernelVerdict::Wait
             }
         }

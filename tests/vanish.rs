@@ -174,6 +174,21 @@ async fn accept_upstream(listener: &TcpListener) -> Upstream {
     .expect("upstream handshake")
 }
 
+/// Sends `count` binary messages of `size` bytes into `sink` on a task of its own, stopping at
+/// the first that fails.
+fn send_messages<S>(mut sink: S, count: u64, size: usize) -> tokio::task::JoinHandle<()>
+where
+    S: futures_util::Sink<Message> + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        for _ in 0..count {
+            if sink.send(Message::binary(pattern(size))).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 /// A close frame's code and reason.
 type Close = (u16, String);
 
@@ -293,10 +308,8 @@ async fn client_host_vanishing_in_the_middle_of_a_large_frame_is_found_within_th
     let (interval, timeout) = (FRAME_PING_INTERVAL, FRAME_PONG_TIMEOUT);
     let flags = client_heartbeat(interval, timeout);
     let (_wsbeat, mut client, up) = client_in_namespace(&ns, &python, &flags, SLOW_READ).await;
-    let (mut sink, mut up) = up.split();
-    let sender = tokio::spawn(async move {
-        let _ = sink.send(Message::binary(pattern(BIG_FRAME))).await;
-    });
+    let (sink, mut up) = up.split();
+    let sender = send_messages(sink, 1, BIG_FRAME);
     client.read_at_least(VANISH_AFTER, STEP).await;
     assert_nothing_yet(&mut up);
 
@@ -313,10 +326,8 @@ async fn upstream_host_vanishing_in_the_middle_of_a_large_frame_is_found_within_
     let flags = upstream_heartbeat(PING_INTERVAL, Duration::ZERO, USER_TIMEOUT);
     let (_wsbeat, mut upstream, client) =
         upstream_in_namespace(&ns, &python, &flags, SLOW_READ).await;
-    let (mut sink, mut client) = client.split();
-    let sender = tokio::spawn(async move {
-        let _ = sink.send(Message::binary(pattern(BIG_FRAME))).await;
-    });
+    let (sink, mut client) = client.split();
+    let sender = send_messages(sink, 1, BIG_FRAME);
     upstream.read_at_least(VANISH_AFTER, STEP).await;
     assert_nothing_yet(&mut client);
 
@@ -440,7 +451,7 @@ async fn slow_client_stays_open(test: &str, flags: &[String], slow: Slow, window
         }
     };
     let (_wsbeat, mut client, up) = client_in_namespace(&ns, &python, flags, reading).await;
-    let (mut sink, mut up) = up.split();
+    let (sink, mut up) = up.split();
     let expected = slow.rate() * window.as_secs();
     // The upstream keeps sending for the whole window, as in the measurement: beyond
     // what the reader reads in it, enough to fill its kernel's autotuned buffer (up to 6 MiB)
@@ -448,14 +459,7 @@ async fn slow_client_stays_open(test: &str, flags: &[String], slow: Slow, window
     // leaves a slow reader working through megabytes its kernel already took, and nothing
     // shows that it reads (README, "Limit").
     let messages = (expected + (8 << 20)) / SLOW_READER_MESSAGE as u64 + 2;
-    let sender = tokio::spawn(async move {
-        for _ in 0..messages {
-            let message = Message::binary(pattern(SLOW_READER_MESSAGE));
-            if sink.send(message).await.is_err() {
-                return;
-            }
-        }
-    });
+    let sender = send_messages(sink, messages, SLOW_READER_MESSAGE);
     assert_open_for(&mut up, window).await;
     // And it was reading all along, at about its rate.
     client.read_at_least(expected / 2, STEP).await;
@@ -488,15 +492,8 @@ async fn client_frozen_behind_a_slow_link_mid_stream_is_found_once_its_buffer_is
         rcvbuf: FROZEN_RCVBUF,
     };
     let (_wsbeat, mut client, up) = client_in_namespace(&ns, &python, &flags, reading).await;
-    let (mut sink, mut up) = up.split();
-    let sender = tokio::spawn(async move {
-        for _ in 0..64 {
-            let message = Message::binary(pattern(SLOW_READER_MESSAGE));
-            if sink.send(message).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (sink, mut up) = up.split();
+    let sender = send_messages(sink, 64, SLOW_READER_MESSAGE);
     // Well into the stream: its buffers and the link's queue are full of it.
     client.read_at_least(512 << 10, 4 * STEP).await;
     // Linux doubles SO_RCVBUF for its bookkeeping.

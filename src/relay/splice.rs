@@ -126,9 +126,12 @@ impl Pipe {
         }
         POOL.with(|p| {
             let p = &mut p.borrow_mut().0;
-            if p.len() < POOL_CAP && POOLED.fetch_add(1, Ordering::Relaxed) < POOLED_CAP {
+            if p.len() >= POOL_CAP {
+                return;
+            }
+            if POOLED.fetch_add(1, Ordering::Relaxed) < POOLED_CAP {
                 p.push(pipe);
-            } else if p.len() < POOL_CAP {
+            } else {
                 POOLED.fetch_sub(1, Ordering::Relaxed);
             }
         });

@@ -652,6 +652,12 @@ fn peer_read_counts_bytes_taken_that_waited_at_the_look_beyond_our_pings() {
             false,
         ),
         (
+            "the same while the kernel probes in vain: it cannot send (a route gone)",
+            held,
+            wsbeat_tcpinfo::Delivery { probes: 3, ..held },
+            false,
+        ),
+        (
             "a vanished host: bytes in flight stay unacknowledged",
             gone,
             gone,

@@ -106,12 +106,12 @@ mod tests {
     use std::os::fd::AsFd;
     use std::time::Duration;
 
-    /// Waits (bounded) until everything written to `tx` is acknowledged and the view is stable.
-    fn settled(tx: &TcpStream) -> Delivery {
+    /// Waits (bounded) until the view is stable and `done` with it.
+    fn settled_when(tx: &TcpStream, done: impl Fn(&Delivery) -> bool) -> Delivery {
         let mut last = None;
         for _ in 0..400 {
             let d = delivery(tx.as_fd()).unwrap().expect("Linux 5.4 or later");
-            if last == Some(d) && d.unsent == 0 && d.unacked == 0 {
+            if last == Some(d) && done(&d) {
                 return d;
             }
             last = Some(d);
@@ -120,18 +120,9 @@ mod tests {
         panic!("the connection never settled: {last:?}");
     }
 
-    /// Waits (bounded) until the view is stable with bytes still unsent.
-    fn settled_with_unsent(tx: &TcpStream) -> Delivery {
-        let mut last = None;
-        for _ in 0..400 {
-            let d = delivery(tx.as_fd()).unwrap().expect("Linux 5.4 or later");
-            if last == Some(d) && d.unacked == 0 {
-                return d;
-            }
-            last = Some(d);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        panic!("the connection never settled: {last:?}");
+    /// Waits (bounded) until everything written to `tx` is acknowledged and the view is stable.
+    fn settled(tx: &TcpStream) -> Delivery {
+        settled_when(tx, |d| d.unsent == 0 && d.unacked == 0)
     }
 
     /// Once the peer's buffer holds what it has not read, the window does not grow while it
@@ -170,7 +161,7 @@ mod tests {
         tx.set_nonblocking(true).unwrap();
         sent += tx.write(&[7u8; 64 * 1024]).unwrap_or(0);
         tx.set_nonblocking(false).unwrap();
-        let full = settled_with_unsent(&tx);
+        let full = settled_when(&tx, |d| d.unacked == 0);
         let queued = send_queue(tx.as_fd()).unwrap();
         assert!(
             full.unsent > 0,
