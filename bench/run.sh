@@ -14,7 +14,9 @@
 #   DURATION [5s]       measurement window of each throughput/latency run; WARMUP [1s] before it
 #   TARGETS ["direct nginx haproxy wsbeat"]     IDLE_TARGETS ["nginx haproxy wsbeat"]
 #                       (also: wsbeat-forward, wsbeat with --upstream-masking forward; and
-#                       wsbeat-nosplice, wsbeat with --splice-min-payload 0)
+#                       wsbeat-nosplice, wsbeat with --splice-min-payload 0; and the floors of
+#                       any relay, plain only: relay-splice and relay-copy, bench/splice-relay
+#                       with a thread per direction; haproxy-tcp, HAProxy in TCP mode, spliced)
 #   TLS_TARGETS ["nginx haproxy wsbeat"]    (the proxies of the tls-* workloads)
 #   WORKLOADS ["small large latency stream idle floor tls-small tls-large tls-handshake tls-idle"]
 #   IDLE_SESSIONS [9000]  IDLE_HOLD [10s]  IDLE_SETTLE [2s]  PING_INTERVAL [1s]
@@ -44,6 +46,7 @@ STREAM_FRAMES=${STREAM_FRAMES:-256}
 OUT=${OUT:-$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 WSBEAT_BIN=${WSBEAT_BIN:-$TARGET_DIR/release/wsbeat}
+RELAY_BIN=$ROOT/bench/splice-relay/target/release/splice-relay
 BENCH=$TARGET_DIR/release/wsbeat-bench
 MAX_SECONDS=${MAX_SECONDS:-2400}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -130,6 +133,9 @@ available() {
         direct) true ;;
         wsbeat | wsbeat-forward | wsbeat-nosplice) [ -x "$WSBEAT_BIN" ] ;;
         nginx | haproxy) command -v "$1" >/dev/null ;;
+        haproxy-tcp) command -v haproxy >/dev/null ;;
+        relay-splice | relay-copy) [ -x "$RELAY_BIN" ] || cargo build --release --quiet \
+            --manifest-path "$ROOT/bench/splice-relay/Cargo.toml" >&2 ;;
         *) false ;;
     esac
 }
@@ -251,6 +257,29 @@ backend be
 EOF
 }
 
+# HAProxy as a plain TCP relay that splices both ways and reads no frame: what any proxy that
+# adds two loopback hops can reach at best (the `haproxy-tcp` target; plain only).
+write_haproxy_tcp_conf() { # file port
+    cat >"$1" <<EOF
+global
+    nbthread 2
+    maxconn 4000
+defaults
+    mode tcp
+    option splice-request
+    option splice-response
+    maxconn 4000
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend fe
+    bind 127.0.0.1:$2 backlog 4096
+    default_backend be
+backend be
+    server echo 127.0.0.1:$ECHO_PORT
+EOF
+}
+
 # start_target NAME [tls]: sets PROXY_URL, PROXY_PIDS and CURRENT; a fresh process per
 # measurement, so one workload's allocations never flatter the next one's RSS. With tls the
 # proxy terminates TLS with the certificate above and PROXY_URL is wss://.
@@ -293,6 +322,18 @@ start_target() {
             port=$(free_port)
             write_haproxy_conf "$WORK/haproxy.cfg" "$port" "$tls"
             haproxy -db -f "$WORK/haproxy.cfg" 2>>"$OUT/haproxy.log" >/dev/null &
+            pid=$!
+            ;;
+        relay-splice | relay-copy)
+            port=$(free_port)
+            "$RELAY_BIN" "127.0.0.1:$port" "127.0.0.1:$ECHO_PORT" "${1#relay-}" \
+                2>>"$OUT/relay.log" >/dev/null &
+            pid=$!
+            ;;
+        haproxy-tcp)
+            port=$(free_port)
+            write_haproxy_tcp_conf "$WORK/haproxy-tcp.cfg" "$port"
+            haproxy -db -f "$WORK/haproxy-tcp.cfg" 2>>"$OUT/haproxy.log" >/dev/null &
             pid=$!
             ;;
     esac
