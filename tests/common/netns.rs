@@ -233,12 +233,15 @@ impl Netns {
         }
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            Netns::reclaim_stale();
+        }
         let pid = std::process::id();
         let Some(base) = free_subnet(pid.wrapping_mul(64).wrapping_add(n)) else {
             panic!("{test}: no free /30 in 10.250.0.0/16 for a test namespace");
         };
         let ns = Netns {
-            name: format!("wsbeat-test-{pid}-{n}"),
+            name: format!("{TEST_NS_PREFIX}{pid}-{n}"),
             host_ip: Ipv4Addr::from(u32::from(base) + 1),
             peer_ip: Ipv4Addr::from(u32::from(base) + 2),
             // Interface names are limited to 15 bytes; the namespace's end can have any name.
@@ -328,36 +331,86 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Deletes the namespaces of test processes that are gone without cleaning up (killed, so
+    /// no `Drop` ran): each would otherwise keep its veth link and /30 for good.
+    fn reclaim_stale() {
+        for (name, _) in stale_namespaces(TEST_NS_PREFIX) {
+            // The namespace's own address is its peer's, toward which root sockets may linger.
+            let peer = std::process::Command::new("ip")
+                .args(["-n", &name, "-4", "-o", "addr", "show", "dev", "eth0"])
+                .output()
+                .ok()
+                .and_then(|out| {
+                    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                    let mut words = text.split_whitespace();
+                    words.find(|&w| w == "inet")?;
+                    Some(words.next()?.split('/').next()?.to_owned())
+                });
+            eprintln!("netns: reclaiming {name}, left by a process that is gone");
+            remove_namespace(&name, peer.as_deref());
+        }
+    }
+}
+
 impl Drop for Netns {
     /// Runs after the test's processes were killed (they are declared later, so dropped
-    /// earlier). Sockets in the root namespace can outlive them: a connection wsbeat closed
-    /// toward the vanished host stays in FIN-WAIT-1 and retransmits for minutes. Once the
-    /// namespace and its route are gone, those retransmissions would follow the default route
-    /// out of the machine, so they are destroyed first (`ss -K`), while their packets can
-    /// still only reach the namespace.
+    /// earlier); see [`remove_namespace`].
     fn drop(&mut self) {
-        let peer = self.peer_ip.to_string();
-        if let Err(e) = run("ss", &["-K", "-t", "-a", "dst", &peer]) {
+        remove_namespace(&self.name, Some(&self.peer_ip.to_string()));
+    }
+}
+
+/// Namespaces of [`Netns`] are named `wsbeat-test-PID-N`: the test process that made it, and
+/// its count of namespaces made.
+const TEST_NS_PREFIX: &str = "wsbeat-test-";
+
+/// Names of the namespaces `PREFIX` + `PID-REST` whose process PID is gone, each with its REST.
+fn stale_namespaces(prefix: &str) -> Vec<(String, String)> {
+    let Ok(list) = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|line| {
+            let name = line.split_whitespace().next()?;
+            let (pid, rest) = name.strip_prefix(prefix)?.split_once('-')?;
+            let gone = pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists();
+            gone.then(|| (name.to_owned(), rest.to_owned()))
+        })
+        .collect()
+}
+
+/// Deletes a [`Netns`] namespace whose peer address is `peer`. Sockets in the root namespace
+/// can outlive the test's processes: a connection wsbeat closed toward the vanished host stays
+/// in FIN-WAIT-1 and retransmits for minutes. Once the namespace and its route are gone, those
+/// retransmissions would follow the default route out of the machine, so they are destroyed
+/// first (`ss -K`), while their packets can still only reach the namespace.
+fn remove_namespace(name: &str, peer: Option<&str>) {
+    if let Some(peer) = peer {
+        if let Err(e) = run("ss", &["-K", "-t", "-a", "dst", peer]) {
             eprintln!("cleanup: {e}");
         }
         let left = std::process::Command::new("ss")
-            .args(["-t", "-a", "-n", "-H", "dst", &peer])
+            .args(["-t", "-a", "-n", "-H", "dst", peer])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
         if !left.trim().is_empty() {
             eprintln!("cleanup: sockets toward {peer} survived `ss -K`:\n{left}");
         }
-        // The peer's own sockets, orphaned in the namespace (its host vanished with them
-        // unacknowledged), would keep the namespace, its link and the /30 route alive for
-        // minutes after `ip netns del`.
-        let inside = ["netns", "exec", &self.name, "ss", "-K", "-t", "-a"];
-        if let Err(e) = run("ip", &inside) {
-            eprintln!("cleanup: {e}");
-        }
-        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
-            eprintln!("cleanup: {e}");
-        }
+    }
+    // The peer's own sockets, orphaned in the namespace (its host vanished with them
+    // unacknowledged), would keep the namespace, its link and the /30 route alive for
+    // minutes after `ip netns del`.
+    if let Err(e) = run("ip", &["netns", "exec", name, "ss", "-K", "-t", "-a"]) {
+        eprintln!("cleanup: {e}");
+    }
+    if let Err(e) = run("ip", &["netns", "del", name]) {
+        eprintln!("cleanup: {e}");
     }
 }
 
@@ -565,29 +618,11 @@ impl SlowLinks {
     /// Deletes the namespaces and /21 claims of test processes that are gone without cleaning
     /// up (killed): otherwise each would hold its /21 for good.
     fn reclaim_stale() {
-        let Ok(list) = std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-        else {
-            return;
-        };
-        for line in String::from_utf8_lossy(&list.stdout).lines() {
-            let Some(name) = line.split_whitespace().next() else {
-                continue;
-            };
-            let Some((pid, third)) = name
-                .strip_prefix(LINKS_NS_PREFIX)
-                .and_then(|rest| rest.split_once('-'))
-            else {
-                continue;
-            };
-            if Path::new(&format!("/proc/{pid}")).exists() {
-                continue;
-            }
+        for (name, third) in stale_namespaces(LINKS_NS_PREFIX) {
             let block = format!("{}.{}.{third}.0/21", LINKS_BASE[0], LINKS_BASE[1]);
             eprintln!("slow links: reclaiming {name} and {block}, left by a process that is gone");
             let _ = run("ss", &["-K", "-t", "-a", "dst", &block]);
-            let _ = run("ip", &["netns", "del", name]);
+            let _ = run("ip", &["netns", "del", &name]);
             let _ = run("ip", &["route", "del", "unreachable", &block]);
         }
     }
