@@ -79,7 +79,7 @@ impl NetnsPair {
         }
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let tag = format!(
-            "{}{}",
+            "{}x{}",
             std::process::id() % 100_000,
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
@@ -241,7 +241,7 @@ impl Netns {
             panic!("{test}: no free /30 in 10.250.0.0/16 for a test namespace");
         };
         let ns = Netns {
-            name: format!("{TEST_NS_PREFIX}{pid}-{n}"),
+            name: format!("{TEST_NS_PREFIX}{}-{n}", owner()),
             host_ip: Ipv4Addr::from(u32::from(base) + 1),
             peer_ip: Ipv4Addr::from(u32::from(base) + 2),
             // Interface names are limited to 15 bytes; the namespace's end can have any name.
@@ -361,11 +361,44 @@ impl Drop for Netns {
     }
 }
 
-/// Namespaces of [`Netns`] are named `wsbeat-test-PID-N`: the test process that made it, and
-/// its count of namespaces made.
+/// Namespaces of [`Netns`] are named `wsbeat-test-OWNER-N`: the test process that made it (see
+/// [`owner`]), and its count of namespaces made.
 const TEST_NS_PREFIX: &str = "wsbeat-test-";
 
-/// Names of the namespaces `PREFIX` + `PID-REST` whose process PID is gone, each with its REST.
+/// This process as namespace names record it: `PID.START`, START being its start time in clock
+/// ticks since boot, so that the namespace of a killed process is told from one of a live
+/// process that was given the same pid.
+fn owner() -> String {
+    let pid = std::process::id();
+    format!("{pid}.{}", start_time(pid).unwrap_or(0))
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from its closing parenthesis.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Whether the process an [`owner`] string names is still running.
+fn owner_alive(owner: &str) -> bool {
+    let Some((pid, start)) = owner.split_once('.') else {
+        return true;
+    };
+    match (pid.parse(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) => start_time(pid) == Some(start),
+        _ => true,
+    }
+}
+
+/// Names of the namespaces `PREFIX` + `OWNER-REST` whose owner is gone, each with its REST.
+/// Processes still inside one (a peer its killed test left running) are killed: they would
+/// keep it, its link and its route alive after `ip netns del`.
 fn stale_namespaces(prefix: &str) -> Vec<(String, String)> {
     let Ok(list) = std::process::Command::new("ip")
         .args(["netns", "list"])
@@ -377,9 +410,18 @@ fn stale_namespaces(prefix: &str) -> Vec<(String, String)> {
         .lines()
         .filter_map(|line| {
             let name = line.split_whitespace().next()?;
-            let (pid, rest) = name.strip_prefix(prefix)?.split_once('-')?;
-            let gone = pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists();
-            gone.then(|| (name.to_owned(), rest.to_owned()))
+            let (owner, rest) = name.strip_prefix(prefix)?.split_once('-')?;
+            (!owner_alive(owner)).then(|| (name.to_owned(), rest.to_owned()))
+        })
+        .inspect(|(name, _)| {
+            let pids = std::process::Command::new("ip")
+                .args(["netns", "pids", name])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for pid in pids.split_whitespace() {
+                let _ = run("kill", &["-KILL", pid]);
+            }
         })
         .collect()
 }
@@ -579,7 +621,7 @@ impl SlowLinks {
         };
         let base = u32::from(Ipv4Addr::new(LINKS_BASE[0], LINKS_BASE[1], third as u8, 0));
         let mut slow = SlowLinks {
-            name: format!("{LINKS_NS_PREFIX}{pid}-{third}"),
+            name: format!("{LINKS_NS_PREFIX}{}-{third}", owner()),
             links: Vec::new(),
             block: claim(third),
         };
