@@ -14,9 +14,10 @@
 #   DURATION [5s]       measurement window of each throughput/latency run; WARMUP [1s] before it
 #   TARGETS ["direct nginx haproxy wsbeat"]     IDLE_TARGETS ["nginx haproxy wsbeat"]
 #                       (also: wsbeat-forward, wsbeat with --upstream-masking forward; and
-#                       wsbeat-nosplice, wsbeat with --splice-min-payload 0; and the floors of
-#                       any relay, plain only: relay-splice and relay-copy, bench/splice-relay
-#                       with a thread per direction; haproxy-tcp, HAProxy in TCP mode, spliced)
+#                       wsbeat-nosplice, wsbeat with --splice-min-payload 0; and reference
+#                       relays that parse nothing, plain only: relay-splice and relay-copy,
+#                       bench/splice-relay with a thread per direction; haproxy-tcp, HAProxy in
+#                       TCP mode, spliced)
 #   TLS_TARGETS ["nginx haproxy wsbeat"]    (the proxies of the tls-* workloads)
 #   WORKLOADS ["small large latency stream idle floor tls-small tls-large tls-handshake tls-idle"]
 #   IDLE_SESSIONS [9000]  IDLE_HOLD [10s]  IDLE_SETTLE [2s]  PING_INTERVAL [1s]
@@ -46,7 +47,8 @@ STREAM_FRAMES=${STREAM_FRAMES:-256}
 OUT=${OUT:-$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 WSBEAT_BIN=${WSBEAT_BIN:-$TARGET_DIR/release/wsbeat}
-RELAY_BIN=$ROOT/bench/splice-relay/target/release/splice-relay
+RELAY_DIR=$ROOT/bench/splice-relay
+RELAY_BIN=$RELAY_DIR/target/release/splice-relay
 BENCH=$TARGET_DIR/release/wsbeat-bench
 MAX_SECONDS=${MAX_SECONDS:-2400}
 SKIP_BUILD=${SKIP_BUILD:-0}
@@ -121,6 +123,18 @@ if [ "$SKIP_BUILD" != 1 ]; then
     (cd "$ROOT" && cargo build --release -p wsbeat) >"$OUT/wsbeat-build.log" 2>&1 \
         || log "wsbeat does not build (see $OUT/wsbeat-build.log): skipping it"
 fi
+# The reference relay is a crate of its own, built only when a run asks for it (and always,
+# unless SKIP_BUILD=1, so that it is never stale), into its own target directory.
+case " $TARGETS " in
+    *" relay-splice "* | *" relay-copy "*)
+        if [ "$SKIP_BUILD" != 1 ] || [ ! -x "$RELAY_BIN" ]; then
+            log "building bench/splice-relay (release)"
+            cargo build --release --manifest-path "$RELAY_DIR/Cargo.toml" \
+                --target-dir "$RELAY_DIR/target" >"$OUT/relay-build.log" 2>&1 \
+                || log "bench/splice-relay does not build (see $OUT/relay-build.log)"
+        fi
+        ;;
+esac
 
 # After the build, so only the measurement gets the priority: every process started from here on
 # (echo, proxies, load generator) inherits it.
@@ -134,10 +148,21 @@ available() {
         wsbeat | wsbeat-forward | wsbeat-nosplice) [ -x "$WSBEAT_BIN" ] ;;
         nginx | haproxy) command -v "$1" >/dev/null ;;
         haproxy-tcp) command -v haproxy >/dev/null ;;
-        relay-splice | relay-copy) [ -x "$RELAY_BIN" ] || cargo build --release --quiet \
-            --manifest-path "$ROOT/bench/splice-relay/Cargo.toml" >&2 ;;
+        relay-splice | relay-copy) [ -x "$RELAY_BIN" ] ;;
         *) false ;;
     esac
+}
+# The reference relays serve plain TCP and hold a few thousand connections: not for the TLS
+# and idle lists.
+plain_only() {
+    local t out=()
+    for t in $1; do
+        case $t in
+            haproxy-tcp | relay-*) log "target $t is for plain throughput workloads: skipped here" ;;
+            *) out+=("$t") ;;
+        esac
+    done
+    echo "${out[*]}"
 }
 filter_targets() {
     local t out=()
@@ -147,8 +172,8 @@ filter_targets() {
     echo "${out[*]}"
 }
 TARGETS=$(filter_targets "$TARGETS")
-IDLE_TARGETS=$(filter_targets "$IDLE_TARGETS")
-TLS_TARGETS=$(filter_targets "$TLS_TARGETS")
+IDLE_TARGETS=$(filter_targets "$(plain_only "$IDLE_TARGETS")")
+TLS_TARGETS=$(filter_targets "$(plain_only "$TLS_TARGETS")")
 
 # One certificate for every TLS target: an ECDSA P-256 leaf for 127.0.0.1 and localhost, signed
 # by a throw-away CA that only the load generator trusts. HAProxy wants chain and key in one file.
@@ -257,8 +282,9 @@ backend be
 EOF
 }
 
-# HAProxy as a plain TCP relay that splices both ways and reads no frame: what any proxy that
-# adds two loopback hops can reach at best (the `haproxy-tcp` target; plain only).
+# HAProxy as a plain TCP relay that splices both ways and reads no frame (the `haproxy-tcp`
+# target; plain only): what a relay that adds the same two loopback hops and does nothing else
+# reaches.
 write_haproxy_tcp_conf() { # file port
     cat >"$1" <<EOF
 global
