@@ -980,7 +980,7 @@ where
                     "silent peer: what its kernel showed between the look and the expiry"
                 );
                 // Ours since the look, and the probe's own ping if the view predates it.
-                let pings = self.leg_mut(side).hb.pings().wrapping_sub(k.pings) & 0xFFFF_FFFF_FFFF;
+                let pings = self.heartbeat(side).0.pings().wrapping_sub(k.pings) & 0xFFFF_FFFF_FFFF;
                 let ours = (pings + 1) * MAX_PING_FRAME;
                 if peer_read(k.seen, d, ours) {
                     KernelVerdict::Read

@@ -90,7 +90,7 @@ const PEER_PRIORITY: &str = "-5";
 /// Raises this process's runtime threads (the peers), once the proxy and every other child
 /// process are running: a child inherits its parent thread's priority, and the proxy and the
 /// hog must stay at the normal one. A peer that cannot get the CPU for a pong timeout is
-/// silent by the rule; at one priority the debug-built peers did fall behind, 100–200 ms at a
+/// silent by the rule; at one priority the debug-built peers did fall behind, 100–220 ms at a
 /// time, during bursts of messages (`watch_runtime` measured it).
 fn raise_runtime_threads() {
     let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
@@ -145,10 +145,9 @@ fn message(from: Side, size: usize) -> Arc<[u8]> {
             LOAD_SIZES
                 .iter()
                 .map(|&n| {
-                    let frame = RawFrame::binary(vec![fill; n]);
-                    let frame = match mask {
-                        Some(key) => frame.with_mask(key),
-                        None => frame,
+                    let frame = RawFrame {
+                        mask,
+                        ..RawFrame::binary(vec![fill; n])
                     };
                     frame.encode().into()
                 })
@@ -376,9 +375,9 @@ fn no_false_kills_under_load_and_frozen_clients_are_found() {
         .block_on(load(&links));
 }
 
-/// wsbeat's log lines about sessions `ids` (paths `/sN`): each session's end, which names its
-/// client address, and every line about that address before it, such as the kernel's view at
-/// each expiry ("silent peer: ...").
+/// wsbeat's log lines about sessions `ids` (paths `/sN`): every line that names the client
+/// address its session's end names, such as the kernel's view at each expiry ("silent peer:
+/// ...").
 fn verdicts_of(logs: &[serde_json::Value], ids: impl Iterator<Item = usize>) -> String {
     let mut out = String::new();
     for id in ids {
@@ -402,7 +401,7 @@ fn verdicts_of(logs: &[serde_json::Value], ids: impl Iterator<Item = usize>) -> 
 async fn load(links: &SlowLinks) {
     let mut upstream = spawn_raw_upstream(UpstreamReply::accept()).await;
     let url = format!("ws://{}", upstream.addr);
-    let proxy = WsbeatProcess::start_on(
+    let mut proxy = WsbeatProcess::start_on(
         std::net::Ipv4Addr::UNSPECIFIED.into(),
         &[
             "--upstream",
@@ -465,7 +464,6 @@ async fn load(links: &SlowLinks) {
             (total, read.peak.load(Ordering::Relaxed))
         })
         .collect();
-    let mut proxy = proxy;
     let mut logs = Vec::new();
     while let Ok(line) = proxy.logs.try_recv() {
         logs.push(line);

@@ -479,9 +479,7 @@ async fn client_frozen_behind_a_slow_link_mid_stream_is_found_once_its_buffer_is
     let Some((ns, python)) = prerequisites(test) else {
         return;
     };
-    let Slow::Link(rate) = SLOW_LINK else {
-        unreachable!("a link")
-    };
+    let rate = SLOW_LINK_RATE;
     if !ns.slow_link(test, rate) {
         return;
     }
@@ -614,7 +612,8 @@ const SLOW_READER: Reading = Reading {
 };
 const SLOW_READER_MESSAGE: usize = 1 << 20;
 /// The slow link of issue 9's slow client: 128 KiB/s.
-const SLOW_LINK: Slow = Slow::Link(128 << 10);
+const SLOW_LINK_RATE: u64 = 128 << 10;
+const SLOW_LINK: Slow = Slow::Link(SLOW_LINK_RATE);
 
 /// The issue's slow client behind its slow link, with heartbeats far shorter than the issue's
 /// 2 s/2 s: the bytes its kernel acknowledges as they arrive keep it alive, though each ping

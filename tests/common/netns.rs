@@ -612,18 +612,16 @@ impl SlowLinks {
         SlowLinks::reclaim_stale();
         // A /21 is claimed with a route of its own: adding it fails if another test process
         // holds it. The links' /30s are more specific and win while they exist.
-        let claim = |third: u32| format!("{}.{}.{third}.0/21", LINKS_BASE[0], LINKS_BASE[1]);
-        let Some(third) = (0..32u32)
-            .map(|i| ((pid + i) % 32) * 8)
-            .find(|&third| run("ip", &["route", "add", "unreachable", &claim(third)]).is_ok())
-        else {
+        let Some(third) = (0..32u32).map(|i| ((pid + i) % 32) * 8).find(|&third| {
+            run("ip", &["route", "add", "unreachable", &links_block(third)]).is_ok()
+        }) else {
             panic!("{test}: no free /21 in {range} for slow links");
         };
         let base = u32::from(Ipv4Addr::new(LINKS_BASE[0], LINKS_BASE[1], third as u8, 0));
         let mut slow = SlowLinks {
             name: format!("{LINKS_NS_PREFIX}{}-{third}", owner()),
             links: Vec::new(),
-            block: claim(third),
+            block: links_block(third),
         };
         if let Err(e) = run("ip", &["netns", "add", &slow.name]) {
             skip_or_fail(test, &format!("cannot create a network namespace: {e}"));
@@ -661,11 +659,9 @@ impl SlowLinks {
     /// up (killed): otherwise each would hold its /21 for good.
     fn reclaim_stale() {
         for (name, third) in stale_namespaces(LINKS_NS_PREFIX) {
-            let block = format!("{}.{}.{third}.0/21", LINKS_BASE[0], LINKS_BASE[1]);
+            let block = links_block(third);
             eprintln!("slow links: reclaiming {name} and {block}, left by a process that is gone");
-            let _ = run("ss", &["-K", "-t", "-a", "dst", &block]);
-            let _ = run("ip", &["netns", "del", &name]);
-            let _ = run("ip", &["route", "del", "unreachable", &block]);
+            remove_links(&name, &block);
         }
     }
 
@@ -700,17 +696,27 @@ impl SlowLinks {
 }
 
 impl Drop for SlowLinks {
-    /// As for [`Netns`]: root-namespace sockets toward the links go first, while their packets
-    /// can still only reach the namespace.
     fn drop(&mut self) {
-        if let Err(e) = run("ss", &["-K", "-t", "-a", "dst", &self.block]) {
-            eprintln!("cleanup: {e}");
-        }
-        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
-            eprintln!("cleanup: {e}");
-        }
-        if let Err(e) = run("ip", &["route", "del", "unreachable", &self.block]) {
-            eprintln!("cleanup: {e}");
-        }
+        remove_links(&self.name, &self.block);
+    }
+}
+
+/// The /21 of slow links whose third octet starts at `third`, claimed by a route of its own.
+fn links_block(third: impl std::fmt::Display) -> String {
+    format!("{}.{}.{third}.0/21", LINKS_BASE[0], LINKS_BASE[1])
+}
+
+/// Deletes slow links' namespace `name` and the claim on its /21 `block`. As for [`Netns`]:
+/// root-namespace sockets toward the links go first, while their packets can still only reach
+/// the namespace.
+fn remove_links(name: &str, block: &str) {
+    if let Err(e) = run("ss", &["-K", "-t", "-a", "dst", block]) {
+        eprintln!("cleanup: {e}");
+    }
+    if let Err(e) = run("ip", &["netns", "del", name]) {
+        eprintln!("cleanup: {e}");
+    }
+    if let Err(e) = run("ip", &["route", "del", "unreachable", block]) {
+        eprintln!("cleanup: {e}");
     }
 }
